@@ -1,0 +1,234 @@
+//! The command line: `copy` runs the engine once, without a cluster.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::copy::{
+    self, ConnectOptions, CopyReport, CopyRequest, DockerConfig, ImageRef, PlatformFilter, Progress,
+};
+use crate::telemetry::{self, LogFormat};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pma2docker",
+    version,
+    about = "Copy multi-architecture images between registries, digest for digest"
+)]
+pub struct Cli {
+    /// Log line format on stderr. The level comes from RUST_LOG.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "PMA2DOCKER_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Copy an image index (every platform) or a single manifest from SOURCE to TARGET.
+    Copy(CopyArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CopyArgs {
+    /// Source image: REGISTRY/REPOSITORY[:TAG][@DIGEST]. `nginx` means docker.io/library/nginx:latest.
+    pub source: String,
+
+    /// Target image; it must carry a tag, and a digest if given must match the result.
+    pub target: String,
+
+    /// Keep only this platform (OS/ARCH[/VARIANT]); repeat for more. The index is then rebuilt
+    /// and its digest differs from the source.
+    #[arg(long = "platform", value_name = "PLATFORM")]
+    pub platforms: Vec<String>,
+
+    /// Docker config.json with registry credentials. Defaults to REGISTRY_AUTH_FILE, then
+    /// $DOCKER_CONFIG/config.json, then ~/.docker/config.json, when they exist.
+    #[arg(long, value_name = "FILE")]
+    pub authfile: Option<PathBuf>,
+
+    /// Reach this registry (HOST or HOST:PORT) over plain HTTP; repeat for more.
+    #[arg(long = "plain-http", value_name = "HOST")]
+    pub plain_http: Vec<String>,
+
+    /// Do not verify the TLS certificate of this registry; repeat for more.
+    #[arg(long = "insecure-tls", value_name = "HOST")]
+    pub insecure_tls: Vec<String>,
+
+    /// Trust the CA certificates in this PEM file, in addition to the system roots.
+    #[arg(long = "ca-file", value_name = "FILE")]
+    pub ca_files: Vec<PathBuf>,
+
+    /// Blob and manifest transfers in flight at once.
+    #[arg(long, default_value_t = copy::DEFAULT_JOBS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
+    pub jobs: usize,
+
+    /// Check every manifest and blob even when the target tag already has the expected digest.
+    #[arg(long)]
+    pub force: bool,
+
+    /// Summary format on stdout.
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: Output,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Copy(args) => {
+            telemetry::init(cli.log_format, "warn");
+            run_copy(args).await
+        }
+    }
+}
+
+async fn run_copy(args: CopyArgs) -> Result<()> {
+    let request = build_request(&args)?;
+    let progress = Arc::new(Progress::default());
+    let show_progress = std::io::stderr().is_terminal();
+    let ticker = show_progress.then(|| tokio::spawn(print_progress(progress.clone())));
+
+    let result = copy::copy_image(&request, &progress).await;
+    if let Some(ticker) = ticker {
+        ticker.abort();
+        eprint!("\r\x1b[2K");
+    }
+    let report = result?;
+
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Text => print_summary(&report),
+    }
+    Ok(())
+}
+
+fn build_request(args: &CopyArgs) -> Result<CopyRequest> {
+    let source: ImageRef = args.source.parse()?;
+    let target: ImageRef = args.target.parse()?;
+    let platforms = args
+        .platforms
+        .iter()
+        .map(|p| p.parse::<PlatformFilter>())
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let config = load_auth_config(args.authfile.as_deref())?;
+    let mut ca_certificates = Vec::new();
+    for path in &args.ca_files {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("failed to read CA file {}", path.display()))?;
+        ca_certificates.push(pem);
+    }
+
+    let mut request = CopyRequest::new(source, target);
+    request.source_credential = config.credential_for(&request.source).cloned();
+    request.target_credential = config.credential_for(&request.target).cloned();
+    request.platforms = platforms;
+    request.connect = ConnectOptions {
+        plain_http: args.plain_http.clone(),
+        insecure_tls: args.insecure_tls.clone(),
+        ca_certificates,
+    };
+    request.jobs = args.jobs;
+    request.force = args.force;
+    Ok(request)
+}
+
+/// Loads the Docker config named on the command line, or the first default that exists.
+fn load_auth_config(explicit: Option<&Path>) -> Result<DockerConfig> {
+    let path = match explicit {
+        Some(path) => Some(path.to_path_buf()),
+        None => default_auth_paths().into_iter().find(|p| p.is_file()),
+    };
+    let Some(path) = path else {
+        return Ok(DockerConfig::default());
+    };
+    let bytes = std::fs::read(&path)
+        .with_context(|| format!("failed to read auth file {}", path.display()))?;
+    Ok(DockerConfig::parse(&bytes, &path.display().to_string())?)
+}
+
+fn default_auth_paths() -> Vec<PathBuf> {
+    let mut paths = Vec::new();
+    if let Some(file) = std::env::var_os("REGISTRY_AUTH_FILE") {
+        paths.push(PathBuf::from(file));
+    }
+    if let Some(dir) = std::env::var_os("DOCKER_CONFIG") {
+        paths.push(Path::new(&dir).join("config.json"));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        paths.push(Path::new(&home).join(".docker/config.json"));
+    }
+    paths
+}
+
+async fn print_progress(progress: Arc<Progress>) {
+    let mut interval = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        interval.tick().await;
+        let mut stderr = std::io::stderr().lock();
+        let _ = write!(
+            stderr,
+            "\r\x1b[2K{} platforms, blobs {}/{}, manifests {}/{}, {}",
+            progress.platforms.load(Ordering::Relaxed),
+            progress.blobs_done.load(Ordering::Relaxed),
+            progress.blobs_total.load(Ordering::Relaxed),
+            progress.manifests_done.load(Ordering::Relaxed),
+            progress.manifests_total.load(Ordering::Relaxed),
+            human_bytes(progress.bytes.load(Ordering::Relaxed)),
+        );
+        let _ = stderr.flush();
+    }
+}
+
+fn print_summary(report: &CopyReport) {
+    println!("{} -> {}", report.source, report.target);
+    println!("digest   {}", report.target_digest);
+    if let Some(reason) = &report.rewrite_reason {
+        println!("rewritten: {reason}");
+    }
+    if report.unchanged {
+        println!("unchanged: the target tag already had this digest");
+    }
+    for platform in &report.platforms {
+        println!("  {:<16} {}", platform.platform, platform.digest);
+    }
+    println!(
+        "blobs: {} copied, {} skipped, {} mounted; {} sent",
+        report.blobs.copied,
+        report.blobs.skipped,
+        report.blobs.mounted,
+        human_bytes(report.bytes)
+    );
+}
+
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
