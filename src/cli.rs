@@ -1,4 +1,5 @@
-//! The command line: `copy` runs the engine once, without a cluster.
+//! The command line: `copy` runs the engine once without a cluster, `controller` runs the
+//! operator, and `crd` prints the CustomResourceDefinition.
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -38,6 +39,78 @@ pub struct Cli {
 pub enum Command {
     /// Copy an image index (every platform) or a single manifest from SOURCE to TARGET.
     Copy(CopyArgs),
+    /// Run the ImageCopy controller against the cluster of KUBECONFIG or the pod's account.
+    Controller(ControllerArgs),
+    /// Print the ImageCopy CustomResourceDefinition as JSON, for kubectl apply -f -.
+    Crd,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ControllerArgs {
+    /// Watch ImageCopy objects in this namespace only; all namespaces when unset.
+    #[arg(long, env = "PMA2DOCKER_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Address of the /metrics, /healthz and /readyz endpoint.
+    #[arg(
+        long,
+        default_value = "0.0.0.0:8080",
+        env = "PMA2DOCKER_METRICS_ADDRESS"
+    )]
+    pub metrics_address: std::net::SocketAddr,
+
+    /// ImageCopy objects reconciled at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
+
+    /// Blob transfers in flight per copy.
+    #[arg(long, default_value_t = copy::DEFAULT_JOBS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
+    pub jobs: usize,
+
+    /// Registry host (HOST or HOST:PORT) reached over plain HTTP; repeat for more.
+    #[arg(
+        long = "plain-http",
+        value_name = "HOST",
+        value_delimiter = ',',
+        env = "PMA2DOCKER_PLAIN_HTTP"
+    )]
+    pub plain_http: Vec<String>,
+
+    /// Registry host whose TLS certificate is not verified; repeat for more.
+    #[arg(
+        long = "insecure-tls",
+        value_name = "HOST",
+        value_delimiter = ',',
+        env = "PMA2DOCKER_INSECURE_TLS"
+    )]
+    pub insecure_tls: Vec<String>,
+
+    /// PEM file of CA certificates trusted in addition to the system roots; repeat for more.
+    #[arg(long = "ca-file", value_name = "FILE")]
+    pub ca_files: Vec<PathBuf>,
+
+    /// Registry host that ImageCopy objects may use (`*.example.com` for subdomains);
+    /// repeat for more. Without any, every host not denied is allowed.
+    #[arg(
+        long = "allow-registry",
+        value_name = "HOST",
+        value_delimiter = ',',
+        env = "PMA2DOCKER_ALLOW_REGISTRIES"
+    )]
+    pub allow_registries: Vec<String>,
+
+    /// Registry host that ImageCopy objects may never use; repeat for more.
+    #[arg(
+        long = "deny-registry",
+        value_name = "HOST",
+        value_delimiter = ',',
+        env = "PMA2DOCKER_DENY_REGISTRIES"
+    )]
+    pub deny_registries: Vec<String>,
+
+    /// Name of this instance in Events; defaults to the host name (the pod name in a cluster).
+    #[arg(long, env = "POD_NAME")]
+    pub instance: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -96,7 +169,60 @@ pub async fn run(cli: Cli) -> Result<()> {
             telemetry::init(cli.log_format, "warn");
             run_copy(args).await
         }
+        Command::Controller(args) => {
+            telemetry::init(cli.log_format, "info,kube=warn");
+            run_controller(args).await
+        }
+        Command::Crd => {
+            println!("{}", crd_json());
+            Ok(())
+        }
     }
+}
+
+/// Returns the CustomResourceDefinition of ImageCopy as pretty-printed JSON.
+pub fn crd_json() -> String {
+    use kube::CustomResourceExt;
+    let crd = crate::api::ImageCopy::crd();
+    serde_json::to_string_pretty(&crd).expect("a CRD always serialises")
+}
+
+async fn run_controller(args: ControllerArgs) -> Result<()> {
+    let settings = crate::controller::Settings {
+        connect: ConnectOptions {
+            plain_http: args.plain_http,
+            insecure_tls: args.insecure_tls,
+            ca_certificates: read_ca_files(&args.ca_files)?,
+        },
+        allowed_registries: args.allow_registries,
+        denied_registries: args.deny_registries,
+        jobs: args.jobs,
+        concurrency: args.concurrency,
+    };
+    let instance = args
+        .instance
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "pma2docker".to_string());
+    let client = kube::Client::try_default().await.context(
+        "failed to configure the Kubernetes client from KUBECONFIG or the pod's account",
+    )?;
+    let options = crate::controller::RunOptions {
+        settings,
+        namespace: args.namespace,
+        metrics_address: args.metrics_address,
+        instance,
+    };
+    crate::controller::run(client, options).await
+}
+
+fn read_ca_files(paths: &[PathBuf]) -> Result<Vec<Vec<u8>>> {
+    paths
+        .iter()
+        .map(|path| {
+            std::fs::read(path)
+                .with_context(|| format!("failed to read CA file {}", path.display()))
+        })
+        .collect()
 }
 
 async fn run_copy(args: CopyArgs) -> Result<()> {
@@ -129,12 +255,7 @@ fn build_request(args: &CopyArgs) -> Result<CopyRequest> {
         .collect::<Result<Vec<_>, _>>()?;
 
     let config = load_auth_config(args.authfile.as_deref())?;
-    let mut ca_certificates = Vec::new();
-    for path in &args.ca_files {
-        let pem = std::fs::read(path)
-            .with_context(|| format!("failed to read CA file {}", path.display()))?;
-        ca_certificates.push(pem);
-    }
+    let ca_certificates = read_ca_files(&args.ca_files)?;
 
     let mut request = CopyRequest::new(source, target);
     request.source_credential = config.credential_for(&request.source).cloned();

@@ -14,13 +14,14 @@ use std::fmt;
 use super::error::Error;
 use super::reference::{ImageRef, registry_key};
 
-/// The `auths` map of a Docker config file, with keys normalised.
-#[derive(Clone, Default)]
+/// The `auths` map of a Docker config file, with keys normalised. `Debug` shows hosts and
+/// usernames only, because [`Credential`] hides secrets.
+#[derive(Clone, Debug, Default)]
 pub struct DockerConfig {
     entries: Vec<Entry>,
 }
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 struct Entry {
     /// Registry host, folded for Docker Hub.
     host: String,

@@ -115,8 +115,11 @@ fn fill_level<'a>(
                 wanted.push((digest.clone(), child.descriptor.media_type.clone()));
             }
         }
-        let fetched: HashMap<String, Node> = futures::stream::iter(wanted)
+        let fetches: Vec<_> = wanted
+            .into_iter()
             .map(|(digest, media_type)| fetch_child(source, image, digest, media_type))
+            .collect();
+        let fetched: HashMap<String, Node> = futures::stream::iter(fetches)
             .buffer_unordered(MANIFEST_FETCHES)
             .try_collect()
             .await?;

@@ -46,6 +46,17 @@ pub struct CopyRequest {
     pub jobs: usize,
     /// Walk every manifest and blob even when the target tag already has the expected digest.
     pub force: bool,
+    /// Digests of an earlier successful copy with the same source, target and platforms.
+    /// When the source and the target tag still resolve to them, the copy ends after two
+    /// HEAD requests and reports `unchanged` with no platforms listed.
+    pub previous: Option<PreviousCopy>,
+}
+
+/// The digests an earlier copy left: the source digest and the digest of the target tag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreviousCopy {
+    pub source_digest: String,
+    pub target_digest: String,
 }
 
 impl CopyRequest {
@@ -60,6 +71,7 @@ impl CopyRequest {
             connect: ConnectOptions::default(),
             jobs: DEFAULT_JOBS,
             force: false,
+            previous: None,
         }
     }
 }
@@ -146,6 +158,12 @@ pub async fn copy_image(
     )
     .await?;
 
+    if let Some(previous) = request.previous.as_ref().filter(|_| !request.force)
+        && let Some(report) = check_previous(request, previous, &source, &target).await?
+    {
+        return Ok(report);
+    }
+
     // Read the root and any nested indexes: enough to apply the filter and know the digest
     // the target tag should end up with.
     let mut root = fetch::fetch_root(&source, &request.source).await?;
@@ -226,6 +244,42 @@ pub async fn copy_image(
         "Copied image"
     );
     Ok(report)
+}
+
+/// Compares the source and the target tag with an earlier copy's digests, with one HEAD
+/// request each. Returns an `unchanged` report when both still match.
+async fn check_previous(
+    request: &CopyRequest,
+    previous: &PreviousCopy,
+    source: &Registry,
+    target: &Registry,
+) -> Result<Option<CopyReport>, Error> {
+    let source_reference = match request.source.digest() {
+        Some(digest) => request.source.with_digest(digest),
+        None => request.source.as_oci().clone(),
+    };
+    let source_digest = source.head_manifest(&source_reference).await?;
+    if source_digest.as_deref() != Some(previous.source_digest.as_str()) {
+        return Ok(None);
+    }
+    let tag_reference = request
+        .target
+        .tag_only()
+        .expect("target tag checked by the caller");
+    let target_digest = target.head_manifest(&tag_reference).await?;
+    if target_digest.as_deref() != Some(previous.target_digest.as_str()) {
+        return Ok(None);
+    }
+    debug!(digest = %previous.target_digest, "Source and target unchanged since the last copy");
+    Ok(Some(CopyReport {
+        source: request.source.to_string(),
+        target: request.target.to_string(),
+        source_digest: previous.source_digest.clone(),
+        target_digest: previous.target_digest.clone(),
+        index_rewritten: previous.source_digest != previous.target_digest,
+        unchanged: true,
+        ..CopyReport::default()
+    }))
 }
 
 /// Lists the platforms of the copied image. A single-platform manifest's platform is read

@@ -59,18 +59,14 @@ pub async fn copy_blobs(
     progress
         .blobs_total
         .store(plan.blobs.len() as u64, Ordering::Relaxed);
-    let outcomes: Vec<BlobOutcome> = futures::stream::iter(&plan.blobs)
-        .map(|blob| async move {
-            let outcome = (|| copy_blob(ends, blob, progress))
-                .retry(retry_policy())
-                .when(Error::is_retryable)
-                .notify(|error, delay| {
-                    warn!(digest = %blob.digest, %error, ?delay, "Retrying blob copy");
-                })
-                .await?;
-            progress.blobs_done.fetch_add(1, Ordering::Relaxed);
-            Ok::<_, Error>(outcome)
-        })
+    // The futures are built before they enter the stream: a stream closure that borrows
+    // its argument makes rustc fail to prove the whole copy future `Send`.
+    let copies: Vec<_> = plan
+        .blobs
+        .iter()
+        .map(|blob| copy_blob_with_retry(ends, blob, progress))
+        .collect();
+    let outcomes: Vec<BlobOutcome> = futures::stream::iter(copies)
         .buffer_unordered(jobs.max(1))
         .try_collect()
         .await?;
@@ -90,6 +86,22 @@ pub async fn copy_blobs(
         }
     }
     Ok(counts)
+}
+
+async fn copy_blob_with_retry(
+    ends: &Ends<'_>,
+    blob: &Descriptor,
+    progress: &Arc<Progress>,
+) -> Result<BlobOutcome, Error> {
+    let outcome = (|| copy_blob(ends, blob, progress))
+        .retry(retry_policy())
+        .when(Error::is_retryable)
+        .notify(|error, delay| {
+            warn!(digest = %blob.digest, %error, ?delay, "Retrying blob copy");
+        })
+        .await?;
+    progress.blobs_done.fetch_add(1, Ordering::Relaxed);
+    Ok(outcome)
 }
 
 async fn copy_blob(
@@ -135,8 +147,11 @@ pub async fn push_manifests(
     let mut pushed = 0;
     let mut skipped = 0;
     for level in &plan.manifest_levels {
-        let results: Vec<bool> = futures::stream::iter(level)
+        let pushes: Vec<_> = level
+            .iter()
             .map(|node| push_child_manifest(ends, node))
+            .collect();
+        let results: Vec<bool> = futures::stream::iter(pushes)
             .buffer_unordered(jobs.max(1))
             .try_collect()
             .await?;

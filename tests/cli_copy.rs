@@ -1,0 +1,155 @@
+//! `pma2docker copy` as users run it: a Docker config file, flags, JSON output, exit status.
+
+mod support;
+
+use base64::Engine;
+use std::process::{Command, Output};
+use support::{env, fixtures, seed, unique_repository};
+
+fn pma2docker(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pma2docker"))
+        .args(args)
+        .env("RUST_LOG", "trace")
+        .output()
+        .expect("failed to run pma2docker")
+}
+
+/// Writes a Docker config.json with the auth registry's credentials and returns its path.
+fn authfile(password: &str) -> tempfile::NamedTempFile {
+    let auth = &env().registries.auth;
+    let pair = format!("{}:{password}", auth.username.as_deref().unwrap());
+    let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+    let json = format!(
+        r#"{{"auths":{{"http://{}":{{"auth":"{encoded}"}}}}}}"#,
+        auth.host
+    );
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), json).unwrap();
+    file
+}
+
+#[test]
+fn copy_prints_json_summary() {
+    let env = env();
+    let fixture = fixtures().image("multiarch-oci");
+    let source = seed(
+        "multiarch-oci",
+        &env.registries.plain,
+        &unique_repository("cli/src"),
+        "1.4",
+    );
+    let target = format!(
+        "{}/{}:1.4",
+        env.registries.auth.host,
+        unique_repository("cli/dst")
+    );
+    let auth = authfile(env.registries.auth.password.as_deref().unwrap());
+
+    let output = pma2docker(&[
+        "copy",
+        &source,
+        &target,
+        "--authfile",
+        auth.path().to_str().unwrap(),
+        "--plain-http",
+        &env.registries.plain.host,
+        "--plain-http",
+        &env.registries.auth.host,
+        "--output",
+        "json",
+    ]);
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["sourceDigest"], fixture.digest.as_str());
+    assert_eq!(summary["targetDigest"], fixture.digest.as_str());
+    assert_eq!(summary["indexRewritten"], false);
+    let platforms = summary["platforms"].as_array().unwrap();
+    assert_eq!(platforms.len(), 5);
+    for (reported, expected) in platforms.iter().zip(&fixture.platforms) {
+        assert_eq!(reported["platform"], expected.platform.as_str());
+        assert_eq!(reported["digest"], expected.digest.as_str());
+    }
+    assert_eq!(summary["blobs"]["copied"], fixture.blobs.len() as u64);
+    let blob_bytes: u64 = fixture.blobs.iter().map(|b| b.size).sum();
+    assert_eq!(summary["bytes"], blob_bytes);
+    let password = env.registries.auth.password.as_deref().unwrap();
+    assert!(!stderr.contains(password), "password in trace logs");
+}
+
+#[test]
+fn wrong_password_exits_with_reason() {
+    let env = env();
+    let source = seed(
+        "single",
+        &env.registries.plain,
+        &unique_repository("cli/src"),
+        "v1",
+    );
+    let target = format!(
+        "{}/{}:v1",
+        env.registries.auth.host,
+        unique_repository("cli/dst")
+    );
+    let auth = authfile("canary-password-31337");
+
+    let output = pma2docker(&[
+        "copy",
+        &source,
+        &target,
+        "--authfile",
+        auth.path().to_str().unwrap(),
+        "--plain-http",
+        &env.registries.plain.host,
+        "--plain-http",
+        &env.registries.auth.host,
+    ]);
+
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("error: authentication to"), "{last}");
+    assert!(
+        !stderr.contains("canary-password-31337"),
+        "password in output"
+    );
+}
+
+#[test]
+fn malformed_reference_exits_with_reason() {
+    let output = pma2docker(&["copy", "Not/Valid::ref", "127.0.0.1:1/x:y"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("invalid image reference \"Not/Valid::ref\""),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn plain_http_only_when_named() {
+    let env = env();
+    let source = seed(
+        "single",
+        &env.registries.plain,
+        &unique_repository("cli/src"),
+        "v1",
+    );
+    let target = format!(
+        "{}/{}:v1",
+        env.registries.plain.host,
+        unique_repository("cli/dst")
+    );
+
+    // Without --plain-http the client speaks TLS to a plain registry and fails.
+    let output = pma2docker(&["copy", &source, &target]);
+
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("error: failed to fetch manifest"),
+        "{stderr}"
+    );
+}

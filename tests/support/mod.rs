@@ -1,0 +1,335 @@
+//! Shared support for the integration tests: the local environment (registries, and the
+//! kube-apiserver for controller tests), the fixture images and direct registry checks.
+//!
+//! The environment is the one `tests/env/up.sh` starts. Tests reuse a running one found in
+//! `PMA2DOCKER_ENV_DIR` (default `target/testenv`), and start it when there is none.
+#![allow(dead_code)]
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Connection details written by `tests/env/up.sh`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Env {
+    pub state_dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub registries: Registries,
+    pub bin: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Registries {
+    pub plain: RegistryInfo,
+    pub auth: RegistryInfo,
+    pub tls: RegistryInfo,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryInfo {
+    pub host: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn env_dir() -> PathBuf {
+    std::env::var_os("PMA2DOCKER_ENV_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/testenv"))
+}
+
+/// Returns the running environment, starting it first when needed.
+pub fn env() -> &'static Env {
+    static ENV: OnceLock<Env> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let dir = env_dir();
+        let status = Command::new("bash")
+            .arg(repo_root().join("tests/env/up.sh"))
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("failed to run tests/env/up.sh");
+        assert!(status.success(), "tests/env/up.sh {} failed", dir.display());
+        let json = std::fs::read(dir.join("env.json")).expect("env.json missing after up.sh");
+        serde_json::from_slice(&json).expect("env.json does not match the expected shape")
+    })
+}
+
+impl Env {
+    /// Directory where a registry keeps its blobs and manifests.
+    pub fn storage(&self, registry: &str) -> PathBuf {
+        self.state_dir
+            .join("registries")
+            .join(registry)
+            .join("storage")
+    }
+}
+
+/// One image of `fixtures.json`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Fixture {
+    pub tag: String,
+    pub digest: String,
+    pub media_type: String,
+    pub platforms: Vec<FixturePlatform>,
+    #[serde(default)]
+    pub attestations: Vec<Attestation>,
+    pub manifests: Vec<FixtureManifest>,
+    pub blobs: Vec<FixtureBlob>,
+    pub total_bytes: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct FixturePlatform {
+    pub platform: String,
+    pub digest: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Attestation {
+    pub digest: String,
+    pub subject: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FixtureManifest {
+    pub digest: String,
+    pub media_type: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct FixtureBlob {
+    pub digest: String,
+    pub size: u64,
+}
+
+/// The fixture images, built once into `target/fixtures` (the build is deterministic, and
+/// the script caches downloaded packages).
+pub struct Fixtures {
+    pub dir: PathBuf,
+    pub images: BTreeMap<String, Fixture>,
+}
+
+pub fn fixtures() -> &'static Fixtures {
+    static FIXTURES: OnceLock<Fixtures> = OnceLock::new();
+    FIXTURES.get_or_init(|| {
+        let dir = repo_root().join("target/fixtures");
+        if !dir.join("fixtures.json").is_file() {
+            // Build beside the final place and rename, so concurrent test binaries never
+            // see a half-written directory.
+            let staging = repo_root().join(format!("target/fixtures.{}", std::process::id()));
+            let status = Command::new("python3")
+                .arg(repo_root().join("tests/fixtures/build_images.py"))
+                .arg(&staging)
+                .stdout(std::process::Stdio::null())
+                .status()
+                .expect("failed to run build_images.py");
+            assert!(status.success(), "build_images.py failed");
+            if std::fs::rename(&staging, &dir).is_err() {
+                let _ = std::fs::remove_dir_all(&staging);
+            }
+        }
+        let json = std::fs::read(dir.join("fixtures.json")).expect("fixtures.json missing");
+        let images = serde_json::from_slice(&json).expect("fixtures.json has an unexpected shape");
+        Fixtures { dir, images }
+    })
+}
+
+impl Fixtures {
+    pub fn image(&self, name: &str) -> &Fixture {
+        self.images
+            .get(name)
+            .unwrap_or_else(|| panic!("no fixture named {name}"))
+    }
+}
+
+/// Returns a repository name unique to this test run, such as `copy/attested-1234-3`.
+pub fn unique_repository(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}-{}-{nanos}-{n}", std::process::id())
+}
+
+/// Pushes a fixture into `registry` as `repository:tag` and returns the full reference.
+pub fn seed(fixture_name: &str, registry: &RegistryInfo, repository: &str, tag: &str) -> String {
+    let reference = format!("{}/{repository}:{tag}", registry.host);
+    let layout = fixtures().dir.join(fixture_name);
+    let mut command = Command::new("python3");
+    command
+        .arg(repo_root().join("tests/fixtures/push_layout.py"))
+        .arg(&layout)
+        .arg(&reference);
+    match &registry.ca_file {
+        Some(ca) => {
+            command.arg("--cacert").arg(ca);
+        }
+        None => {
+            command.arg("--plain-http");
+        }
+    }
+    let mut stdin_password = None;
+    if let (Some(username), Some(password)) = (&registry.username, &registry.password) {
+        command.args(["--username", username, "--password-stdin"]);
+        stdin_password = Some(password.clone());
+    }
+    command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null());
+    let mut child = command.spawn().expect("failed to run push_layout.py");
+    if let Some(password) = stdin_password {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(password.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "push_layout.py {} {reference} failed",
+        layout.display()
+    );
+    reference
+}
+
+/// A small registry client for checks, independent of the product's own code.
+pub struct Probe {
+    http: reqwest::Client,
+    base: String,
+    registry: RegistryInfo,
+}
+
+pub const ACCEPT_ALL: &str = "application/vnd.oci.image.index.v1+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json, \
+    application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.docker.distribution.manifest.v2+json";
+
+impl Probe {
+    pub fn new(registry: &RegistryInfo) -> Probe {
+        let mut builder = reqwest::Client::builder();
+        let scheme = match &registry.ca_file {
+            Some(ca) => {
+                let pem = std::fs::read(ca).unwrap();
+                builder = builder.tls_certs_merge([reqwest::Certificate::from_pem(&pem).unwrap()]);
+                "https"
+            }
+            None => "http",
+        };
+        Probe {
+            http: builder.build().unwrap(),
+            base: format!("{scheme}://{}", registry.host),
+            registry: registry.clone(),
+        }
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, format!("{}{path}", self.base));
+        match (&self.registry.username, &self.registry.password) {
+            (Some(username), Some(password)) => request.basic_auth(username, Some(password)),
+            _ => request,
+        }
+    }
+
+    /// Returns the digest a manifest tag or digest resolves to, or `None` on 404.
+    pub async fn manifest_digest(&self, repository: &str, reference: &str) -> Option<String> {
+        let response = self
+            .request(
+                reqwest::Method::HEAD,
+                &format!("/v2/{repository}/manifests/{reference}"),
+            )
+            .header("Accept", ACCEPT_ALL)
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 404 {
+            return None;
+        }
+        assert!(
+            response.status().is_success(),
+            "HEAD manifest: {}",
+            response.status()
+        );
+        let digest = response.headers().get("Docker-Content-Digest").unwrap();
+        Some(digest.to_str().unwrap().to_string())
+    }
+
+    /// Fetches a manifest's bytes.
+    pub async fn manifest(&self, repository: &str, reference: &str) -> Option<bytes::Bytes> {
+        let response = self
+            .request(
+                reqwest::Method::GET,
+                &format!("/v2/{repository}/manifests/{reference}"),
+            )
+            .header("Accept", ACCEPT_ALL)
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 404 {
+            return None;
+        }
+        assert!(
+            response.status().is_success(),
+            "GET manifest: {}",
+            response.status()
+        );
+        Some(response.bytes().await.unwrap())
+    }
+
+    /// Fetches a blob and returns its sha256 digest and size, or `None` on 404.
+    pub async fn blob_digest(&self, repository: &str, digest: &str) -> Option<(String, u64)> {
+        let response = self
+            .request(
+                reqwest::Method::GET,
+                &format!("/v2/{repository}/blobs/{digest}"),
+            )
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 404 {
+            return None;
+        }
+        assert!(
+            response.status().is_success(),
+            "GET blob: {}",
+            response.status()
+        );
+        let body = response.bytes().await.unwrap();
+        Some((sha256(&body), body.len() as u64))
+    }
+}
+
+pub fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+/// Path of a blob's data file in a registry's filesystem storage.
+pub fn blob_data_path(storage: &Path, digest: &str) -> PathBuf {
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    storage.join(format!(
+        "docker/registry/v2/blobs/sha256/{}/{hex}/data",
+        &hex[..2]
+    ))
+}
