@@ -5,6 +5,8 @@
 //! `PMA2DOCKER_ENV_DIR` (default `target/testenv`), and start it when there is none.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,364 @@
+//! The controller end to end: a real kube-apiserver with RBAC, real registries, and the
+//! `pma2docker controller` binary running as a local process with a kubeconfig.
+
+mod support;
+
+use kube::api::{Patch, PatchParams};
+use serde_json::json;
+use support::cluster::{TestNamespace, controller, kubectl, metric_value, metrics_text};
+use support::{Probe, env, fixtures, seed, unique_repository};
+
+#[tokio::test]
+async fn copies_every_platform() {
+    controller();
+    let env = env();
+    let fixture = fixtures().image("multiarch-oci");
+    let namespace = TestNamespace::new("e2e-all").await;
+    let source = seed(
+        "multiarch-oci",
+        &env.registries.plain,
+        &unique_repository("e2e/src"),
+        "1.4",
+    );
+    let repository = unique_repository("e2e/dst");
+    let target = format!("{}/{repository}:1.4", env.registries.plain.host);
+
+    namespace
+        .create_copy("app", json!({ "source": source, "target": target }))
+        .await;
+
+    // `kubectl wait` is how users and scripts wait for a copy.
+    let output = kubectl(
+        &[
+            "wait",
+            "-n",
+            &namespace.name,
+            "--for=condition=Ready",
+            "imagecopy/app",
+            "--timeout=90s",
+        ],
+        None,
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let object = namespace.wait_ready("app", "True", Some("Copied")).await;
+    let status = object.status.unwrap();
+    assert_eq!(
+        status.source_digest.as_deref(),
+        Some(fixture.digest.as_str())
+    );
+    assert_eq!(
+        status.target_digest.as_deref(),
+        Some(fixture.digest.as_str())
+    );
+    assert!(!status.index_rewritten);
+    assert_eq!(status.platforms.len(), 5);
+    assert!(status.last_sync_time.is_some());
+    let probe = Probe::new(&env.registries.plain);
+    let tagged = probe.manifest_digest(&repository, "1.4").await;
+    assert_eq!(tagged.as_deref(), Some(fixture.digest.as_str()));
+
+    let events = kubectl(
+        &["get", "events", "-n", &namespace.name, "-o", "json"],
+        None,
+    );
+    let events = String::from_utf8_lossy(&events.stdout);
+    assert!(
+        events.contains("\"reason\": \"Copied\""),
+        "no Copied event: {events}"
+    );
+    namespace.delete().await;
+}
+
+#[tokio::test]
+async fn copies_platform_subset() {
+    controller();
+    let env = env();
+    let namespace = TestNamespace::new("e2e-subset").await;
+    let source = seed(
+        "attested",
+        &env.registries.plain,
+        &unique_repository("e2e/src"),
+        "v1",
+    );
+    let target = format!(
+        "{}/{}:arm",
+        env.registries.plain.host,
+        unique_repository("e2e/dst")
+    );
+
+    namespace
+        .create_copy(
+            "arm",
+            json!({ "source": source, "target": target, "platforms": ["linux/arm64", "linux/arm/v7"] }),
+        )
+        .await;
+
+    let object = namespace.wait_ready("arm", "True", Some("Copied")).await;
+    let status = object.status.unwrap();
+    assert!(status.index_rewritten);
+    assert_ne!(status.target_digest, status.source_digest);
+    let platforms: Vec<&str> = status
+        .platforms
+        .iter()
+        .map(|p| p.platform.as_str())
+        .collect();
+    assert_eq!(platforms, ["linux/arm64", "linux/arm/v7"]);
+    namespace.delete().await;
+}
+
+#[tokio::test]
+async fn private_registries_wrong_then_fixed_password() {
+    controller();
+    let env = env();
+    let auth = &env.registries.auth;
+    let password = auth.password.as_deref().unwrap();
+    let namespace = TestNamespace::new("e2e-auth").await;
+    let source = seed("multiarch-oci", auth, &unique_repository("e2e/src"), "v1");
+    let repository = unique_repository("e2e/dst");
+    let target = format!("{}/{repository}:v1", auth.host);
+    let canary = "canary-Pa55word-e2e";
+    namespace
+        .put_pull_secret("registry-creds", auth, canary)
+        .await;
+
+    namespace
+        .create_copy(
+            "private",
+            json!({ "source": source, "target": target,
+                    "imagePullSecrets": [{ "name": "registry-creds" }] }),
+        )
+        .await;
+    let failed = namespace
+        .wait_ready("private", "False", Some("AuthenticationFailed"))
+        .await;
+    let message = &support::cluster::ready_condition(&failed).unwrap().message;
+    assert!(!message.contains(canary), "password in status: {message}");
+
+    // Fixing the Secret triggers a new copy without touching the ImageCopy.
+    namespace
+        .put_pull_secret("registry-creds", auth, password)
+        .await;
+    let object = namespace
+        .wait_ready("private", "True", Some("Copied"))
+        .await;
+    let digest = object.status.unwrap().target_digest.unwrap();
+    assert_eq!(digest, fixtures().image("multiarch-oci").digest);
+
+    // The canary never shows in Events or in the controller's trace logs.
+    let events = kubectl(
+        &["get", "events", "-n", &namespace.name, "-o", "json"],
+        None,
+    );
+    let events = String::from_utf8_lossy(&events.stdout);
+    assert!(events.contains("AuthenticationFailed"), "{events}");
+    assert!(!events.contains(canary), "password in Events");
+    let logs = std::fs::read_to_string(&controller().log_file).unwrap();
+    assert!(!logs.contains(canary), "password in controller logs");
+    assert!(!logs.contains(password), "password in controller logs");
+    namespace.delete().await;
+}
+
+#[tokio::test]
+async fn missing_source_and_secret_reported() {
+    controller();
+    let env = env();
+    let namespace = TestNamespace::new("e2e-missing").await;
+    let source = format!(
+        "{}/{}:v1",
+        env.registries.plain.host,
+        unique_repository("e2e/none")
+    );
+    let target = format!(
+        "{}/{}:v1",
+        env.registries.plain.host,
+        unique_repository("e2e/dst")
+    );
+
+    namespace
+        .create_copy("nosource", json!({ "source": source, "target": target }))
+        .await;
+    namespace
+        .create_copy(
+            "nosecret",
+            json!({ "source": source, "target": target, "imagePullSecrets": [{ "name": "absent" }] }),
+        )
+        .await;
+
+    namespace
+        .wait_ready("nosource", "False", Some("SourceNotFound"))
+        .await;
+    let object = namespace
+        .wait_ready("nosecret", "False", Some("SecretNotFound"))
+        .await;
+    let message = &support::cluster::ready_condition(&object).unwrap().message;
+    assert!(message.contains("absent"), "{message}");
+    namespace.delete().await;
+}
+
+#[tokio::test]
+async fn interval_follows_moved_tag() {
+    controller();
+    let env = env();
+    let namespace = TestNamespace::new("e2e-interval").await;
+    let source_repository = unique_repository("e2e/src");
+    let source = seed(
+        "single",
+        &env.registries.plain,
+        &source_repository,
+        "stable",
+    );
+    let repository = unique_repository("e2e/dst");
+    let target = format!("{}/{repository}:stable", env.registries.plain.host);
+
+    namespace
+        .create_copy(
+            "follow",
+            json!({ "source": source, "target": target, "interval": "30s" }),
+        )
+        .await;
+    namespace.wait_ready("follow", "True", Some("Copied")).await;
+
+    // Move the source tag to another image; the next interval check copies it.
+    seed(
+        "multiarch-oci",
+        &env.registries.plain,
+        &source_repository,
+        "stable",
+    );
+    let expected = fixtures().image("multiarch-oci").digest.clone();
+    let probe = Probe::new(&env.registries.plain);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(75);
+    loop {
+        if probe
+            .manifest_digest(&repository, "stable")
+            .await
+            .as_deref()
+            == Some(expected.as_str())
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "target did not follow the moved tag"
+        );
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    namespace.delete().await;
+}
+
+#[tokio::test]
+async fn unchanged_resync_sends_nothing() {
+    controller();
+    let env = env();
+    let namespace = TestNamespace::new("e2e-resync").await;
+    let source = seed(
+        "multiarch-oci",
+        &env.registries.plain,
+        &unique_repository("e2e/src"),
+        "v1",
+    );
+    let target = format!(
+        "{}/{}:v1",
+        env.registries.auth.host,
+        unique_repository("e2e/dst")
+    );
+    namespace
+        .put_pull_secret(
+            "creds",
+            &env.registries.auth,
+            env.registries.auth.password.as_deref().unwrap(),
+        )
+        .await;
+    namespace
+        .create_copy(
+            "resync",
+            json!({ "source": source, "target": target, "imagePullSecrets": [{ "name": "creds" }] }),
+        )
+        .await;
+    let first = namespace.wait_ready("resync", "True", Some("Copied")).await;
+    let first_status = first.status.unwrap();
+    let before = metrics_text().await;
+
+    // An annotation change re-runs the reconcile without a new generation.
+    let patch = json!({ "metadata": { "annotations": { "test/poke": "1" } } });
+    namespace
+        .copies()
+        .patch("resync", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let second_status = loop {
+        let object = namespace.copies().get("resync").await.unwrap();
+        let status = object.status.unwrap();
+        if status.last_sync_time != first_status.last_sync_time {
+            break status;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no resync happened");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let after = metrics_text().await;
+
+    assert_eq!(second_status.target_digest, first_status.target_digest);
+    assert_eq!(second_status.platforms, first_status.platforms);
+    assert_eq!(second_status.last_copy, first_status.last_copy);
+    let bytes = "pma2docker_copied_bytes_total";
+    assert_eq!(
+        metric_value(&before, bytes),
+        metric_value(&after, bytes),
+        "bytes were sent"
+    );
+    namespace.delete().await;
+}
+
+#[tokio::test]
+async fn invalid_spec_rejected_by_apiserver() {
+    let namespace = TestNamespace::new("e2e-invalid").await;
+    let cases = [
+        (
+            "notag",
+            json!({ "source": "a.example/x:1", "target": "b.example/y" }),
+            "spec.target",
+        ),
+        (
+            "upper",
+            json!({ "source": "a.example/X:1", "target": "b.example/y:1" }),
+            "spec.source",
+        ),
+        (
+            "same",
+            json!({ "source": "a.example/x:1", "target": "a.example/x:1" }),
+            "must differ",
+        ),
+        (
+            "platform",
+            json!({ "source": "a.example/x:1", "target": "b.example/y:1", "platforms": ["linux"] }),
+            "spec.platforms",
+        ),
+        (
+            "interval",
+            json!({ "source": "a.example/x:1", "target": "b.example/y:1", "interval": "5s" }),
+            "at least 30s",
+        ),
+        (
+            "duration",
+            json!({ "source": "a.example/x:1", "target": "b.example/y:1", "interval": "1 day" }),
+            "spec.interval",
+        ),
+    ];
+    for (name, spec, expected) in cases {
+        let manifest = json!({
+            "apiVersion": "pma2docker.io/v1alpha1", "kind": "ImageCopy",
+            "metadata": { "name": name, "namespace": namespace.name }, "spec": spec
+        });
+        let output = kubectl(&["apply", "-f", "-"], Some(&manifest.to_string()));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{name} was accepted");
+        assert!(stderr.contains(expected), "{name}: {stderr}");
+    }
+    namespace.delete().await;
+}
