@@ -44,7 +44,10 @@ version_ldflags() {
       minor=$(cut -d. -f2 <<<"$version")
       for package in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
         flags+=" -X $package.gitVersion=$version -X $package.gitMajor=1 -X $package.gitMinor=$minor"
-        flags+=" -X $package.gitTreeState=clean -X $package.buildDate=1970-01-01T00:00:00Z"
+        # The module zip carries no commit hash, so gitCommit is set empty rather than left at
+        # its "$Format:%H$" placeholder.
+        flags+=" -X $package.gitCommit= -X $package.gitTreeState=clean"
+        flags+=" -X $package.buildDate=1970-01-01T00:00:00Z"
       done
       ;;
     registry) flags="-X github.com/distribution/distribution/v3/version.version=$version" ;;
@@ -69,7 +72,7 @@ build_tool() {
   if [[ -x "$target" ]]; then
     return 0
   fi
-  command -v go >/dev/null || die "$target is missing and building it needs Go, which is not on PATH"
+  command -v go >/dev/null || die "$target is missing and building it needs Go 1.26 on PATH"
 
   module_dir="$GO_MODULES_DIR/$(tool_field "$name" 2)"
   package=$(tool_field "$name" 4)
@@ -86,6 +89,11 @@ build_tool() {
   mv -f "$tmp" "$target"
   log "built $name $version in $((SECONDS - started)) s: $target"
 }
+
+# The official Go tarball installs here, and a non-login shell may not have it on PATH.
+if ! command -v go >/dev/null && [[ -x /usr/local/go/bin/go ]]; then
+  PATH="/usr/local/go/bin:$PATH"
+fi
 
 mkdir -p "$TOOLS_CACHE_DIR"
 started=$SECONDS

@@ -34,7 +34,7 @@ expect_status() {
 }
 
 # Pushes payload.txt as an artifact to HOST, lists it, deletes its manifest and checks that
-# the tag is gone. The arrays named by ORAS_OPTIONS and CRANE_OPTIONS hold each tool's
+# the tag is gone. The arrays named by ORAS_OPTIONS and CRANE_OPTIONS contain each tool's
 # connection flags for that registry. Credentials come from $DOCKER_CONFIG, which both tools read.
 push_list_delete() {
   local host=$1 reference digest

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Stops the test environment that up.sh started in STATE_DIR. It signals only the processes
 # named by the PID files in STATE_DIR/run/, and only while their command line still points
-# into STATE_DIR. Data and logs stay; env.json and env.sh are removed, because their ports no
-# longer answer.
+# into STATE_DIR. Data and logs stay. env.json and env.sh are removed, because their ports no
+# longer respond.
 #
 # Usage: down.sh [STATE_DIR]   (default: <repo>/target/testenv)
 set -euo pipefail

@@ -87,7 +87,7 @@ ensure_apt_commands() {
 
 # Prints COUNT distinct free TCP ports on 127.0.0.1, one per line. The kernel picks them
 # through bind(port 0), and all sockets stay open until every port is chosen, so the ports
-# differ from each other. Another process can still take one before our server binds it.
+# differ from each other. Another process can still take one before the server binds it.
 free_ports() {
   python3 - "$1" <<'EOF'
 import socket, sys
@@ -99,17 +99,6 @@ for _ in range(int(sys.argv[1])):
 for s in sockets:
     print(s.getsockname()[1])
 EOF
-}
-
-# Runs COMMAND until it succeeds, every 0.2 s, for at most SECONDS seconds.
-wait_for() {
-  local seconds=$1
-  shift
-  local deadline=$((SECONDS + seconds))
-  until "$@" >/dev/null 2>&1; do
-    ((SECONDS < deadline)) || return 1
-    sleep 0.2
-  done
 }
 
 # Prints the PID in STATE_DIR/run/NAME.pid if that process is alive and was started for

