@@ -81,8 +81,11 @@ ensure_apt_commands() {
     die "missing Debian packages: ${missing[*]}; install them with: sudo apt-get install -y ${missing[*]}"
   fi
   log "installing Debian packages: ${missing[*]}"
-  DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Wait for the dpkg lock rather than fail when another apt-get is running.
+  local lock_wait=(-o DPkg::Lock::Timeout=300)
+  DEBIAN_FRONTEND=noninteractive apt-get "${lock_wait[@]}" update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get "${lock_wait[@]}" install -y -qq \
+    --no-install-recommends "${missing[@]}" >/dev/null
 }
 
 # Prints COUNT distinct free TCP ports on 127.0.0.1, one per line. The kernel picks them

@@ -5,6 +5,7 @@
 # STATE_DIR/env.sh, process logs to STATE_DIR/logs/.
 #
 # Usage: up.sh [STATE_DIR]   (default: <repo>/target/testenv)
+# PMA2DOCKER_START_TIMEOUT sets the seconds to wait for each process to become ready (120).
 #
 # If the environment in STATE_DIR is already running and healthy, up.sh leaves it as it is.
 # Otherwise it stops whatever is left of it and starts a fresh one: new certificates, an empty
@@ -36,14 +37,14 @@ environment_healthy() {
     # shellcheck source=/dev/null
     source "$STATE_DIR/env.sh"
     curl -fsS --max-time 5 --cacert "$STATE_DIR/ca.crt" "$PMA2DOCKER_APISERVER/readyz" >/dev/null &&
-      registry_answers "http://$PLAIN_REGISTRY" 200 &&
-      registry_answers "http://$AUTH_REGISTRY" 401 &&
-      registry_answers "https://$TLS_REGISTRY" 200 --cacert "$TLS_CA_FILE"
+      registry_returns_status "http://$PLAIN_REGISTRY" 200 &&
+      registry_returns_status "http://$AUTH_REGISTRY" 401 &&
+      registry_returns_status "https://$TLS_REGISTRY" 200 --cacert "$TLS_CA_FILE"
   )
 }
 
 # Succeeds when GET URL/v2/ returns the expected HTTP status.
-registry_answers() {
+registry_returns_status() {
   local url=$1 expected=$2 status
   shift 2
   status=$(curl -sS --max-time 5 -o /dev/null -w '%{http_code}' "$@" "$url/v2/" 2>/dev/null) || return 1
@@ -280,7 +281,7 @@ start_registry() {
   # distribution v3 exports OpenTelemetry traces to localhost:4318 unless this is set.
   start_process "registry-$name" OTEL_TRACES_EXPORTER=none \
     "$BIN_DIR/registry" serve "$STATE_DIR/registries/$name/config.yml"
-  wait_ready "registry-$name" registry_answers "$scheme://127.0.0.1:$port" "$expected_status" \
+  wait_ready "registry-$name" registry_returns_status "$scheme://127.0.0.1:$port" "$expected_status" \
     "${curl_options[@]}"
 }
 
@@ -323,6 +324,15 @@ EOF
   mv -f "$STATE_DIR/env.json.tmp" "$STATE_DIR/env.json"
 }
 
+# Stops the processes of a start that failed. Their logs stay in LOG_DIR.
+stop_after_failure() {
+  local status=$?
+  if ((status != 0)); then
+    log "start failed; stopping the processes started so far"
+    PMA2DOCKER_LOCK_HELD=1 "$ENV_DIR/down.sh" "$STATE_DIR" || true
+  fi
+}
+
 print_summary() {
   log "test environment is up in $STATE_DIR"
   cat "$STATE_DIR/env.json"
@@ -343,6 +353,7 @@ main() {
 
   local started=$SECONDS
   PMA2DOCKER_LOCK_HELD=1 "$ENV_DIR/down.sh" "$STATE_DIR"
+  trap stop_after_failure EXIT
   rm -rf "$STATE_DIR/etcd" "$STATE_DIR/registries" "$PKI_DIR" "$BIN_DIR" "$LOG_DIR" \
     "$STATE_DIR/kubeconfig" "$STATE_DIR/ca.crt" "$STATE_DIR/registry-ca.crt"
   mkdir -p "$PKI_DIR" "$LOG_DIR" "$STATE_DIR/registries"
@@ -365,6 +376,7 @@ main() {
   start_registry auth "$auth_port"
   start_registry tls "$tls_port"
   write_connection_files "$api_port" "$plain_port" "$auth_port" "$tls_port"
+  trap - EXIT
   log "started in $((SECONDS - started)) s"
   print_summary
 }
