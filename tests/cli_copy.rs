@@ -71,8 +71,9 @@ fn copy_prints_json_summary() {
         assert_eq!(reported["platform"], expected.platform.as_str());
         assert_eq!(reported["digest"], expected.digest.as_str());
     }
-    assert_eq!(summary["blobs"]["copied"], fixture.blobs.len() as u64);
-    let blob_bytes: u64 = fixture.blobs.iter().map(|b| b.size).sum();
+    let blobs = fixture.content_blobs();
+    assert_eq!(summary["blobs"]["copied"], blobs.len() as u64);
+    let blob_bytes: u64 = blobs.iter().map(|b| b.size).sum();
     assert_eq!(summary["bytes"], blob_bytes);
     let password = env.registries.auth.password.as_deref().unwrap();
     assert!(!stderr.contains(password), "password in trace logs");
@@ -108,8 +109,16 @@ fn wrong_password_exits_with_reason() {
 
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let last = stderr.lines().last().unwrap_or_default();
-    assert!(last.starts_with("error: authentication to"), "{last}");
+    let reason: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    assert_eq!(reason.len(), 1, "{stderr}");
+    assert!(
+        reason[0].starts_with("error: authentication to"),
+        "{}",
+        reason[0]
+    );
     assert!(
         !stderr.contains("canary-password-31337"),
         "password in output"

@@ -5,12 +5,12 @@ mod support;
 
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
-use support::cluster::{TestNamespace, controller, kubectl, metric_value, metrics_text};
+use support::cluster::{TestNamespace, controller, kubectl};
 use support::{Probe, env, fixtures, seed, unique_repository};
 
 #[tokio::test]
 async fn copies_every_platform() {
-    controller();
+    controller().await;
     let env = env();
     let fixture = fixtures().image("multiarch-oci");
     let namespace = TestNamespace::new("e2e-all").await;
@@ -62,11 +62,19 @@ async fn copies_every_platform() {
     let tagged = probe.manifest_digest(&repository, "1.4").await;
     assert_eq!(tagged.as_deref(), Some(fixture.digest.as_str()));
 
-    let events = kubectl(
-        &["get", "events", "-n", &namespace.name, "-o", "json"],
-        None,
-    );
-    let events = String::from_utf8_lossy(&events.stdout);
+    // The Event is published right after the status, so it may trail `kubectl wait`.
+    let mut events = String::new();
+    for _ in 0..50 {
+        let output = kubectl(
+            &["get", "events", "-n", &namespace.name, "-o", "json"],
+            None,
+        );
+        events = String::from_utf8_lossy(&output.stdout).into_owned();
+        if events.contains("\"reason\": \"Copied\"") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     assert!(
         events.contains("\"reason\": \"Copied\""),
         "no Copied event: {events}"
@@ -76,7 +84,7 @@ async fn copies_every_platform() {
 
 #[tokio::test]
 async fn copies_platform_subset() {
-    controller();
+    controller().await;
     let env = env();
     let namespace = TestNamespace::new("e2e-subset").await;
     let source = seed(
@@ -113,7 +121,7 @@ async fn copies_platform_subset() {
 
 #[tokio::test]
 async fn private_registries_wrong_then_fixed_password() {
-    controller();
+    controller().await;
     let env = env();
     let auth = &env.registries.auth;
     let password = auth.password.as_deref().unwrap();
@@ -157,7 +165,7 @@ async fn private_registries_wrong_then_fixed_password() {
     let events = String::from_utf8_lossy(&events.stdout);
     assert!(events.contains("AuthenticationFailed"), "{events}");
     assert!(!events.contains(canary), "password in Events");
-    let logs = std::fs::read_to_string(&controller().log_file).unwrap();
+    let logs = std::fs::read_to_string(&controller().await.log_file).unwrap();
     assert!(!logs.contains(canary), "password in controller logs");
     assert!(!logs.contains(password), "password in controller logs");
     namespace.delete().await;
@@ -165,7 +173,7 @@ async fn private_registries_wrong_then_fixed_password() {
 
 #[tokio::test]
 async fn missing_source_and_secret_reported() {
-    controller();
+    controller().await;
     let env = env();
     let namespace = TestNamespace::new("e2e-missing").await;
     let source = format!(
@@ -202,7 +210,7 @@ async fn missing_source_and_secret_reported() {
 
 #[tokio::test]
 async fn interval_follows_moved_tag() {
-    controller();
+    controller().await;
     let env = env();
     let namespace = TestNamespace::new("e2e-interval").await;
     let source_repository = unique_repository("e2e/src");
@@ -253,20 +261,18 @@ async fn interval_follows_moved_tag() {
 
 #[tokio::test]
 async fn unchanged_resync_sends_nothing() {
-    controller();
+    controller().await;
     let env = env();
     let namespace = TestNamespace::new("e2e-resync").await;
+    let source_repository = unique_repository("e2e/src");
     let source = seed(
         "multiarch-oci",
         &env.registries.plain,
-        &unique_repository("e2e/src"),
+        &source_repository,
         "v1",
     );
-    let target = format!(
-        "{}/{}:v1",
-        env.registries.auth.host,
-        unique_repository("e2e/dst")
-    );
+    let target_repository = unique_repository("e2e/dst");
+    let target = format!("{}/{target_repository}:v1", env.registries.auth.host);
     namespace
         .put_pull_secret(
             "creds",
@@ -277,21 +283,17 @@ async fn unchanged_resync_sends_nothing() {
     namespace
         .create_copy(
             "resync",
-            json!({ "source": source, "target": target, "imagePullSecrets": [{ "name": "creds" }] }),
+            json!({ "source": source, "target": target, "interval": "30s",
+                    "imagePullSecrets": [{ "name": "creds" }] }),
         )
         .await;
     let first = namespace.wait_ready("resync", "True", Some("Copied")).await;
     let first_status = first.status.unwrap();
-    let before = metrics_text().await;
+    let source_before = env.registry_requests("plain", &source_repository).len();
+    let target_before = env.registry_requests("auth", &target_repository).len();
 
-    // An annotation change re-runs the reconcile without a new generation.
-    let patch = json!({ "metadata": { "annotations": { "test/poke": "1" } } });
-    namespace
-        .copies()
-        .patch("resync", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    // The 30s interval re-checks both sides.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     let second_status = loop {
         let object = namespace.copies().get("resync").await.unwrap();
         let status = object.status.unwrap();
@@ -301,16 +303,22 @@ async fn unchanged_resync_sends_nothing() {
         assert!(tokio::time::Instant::now() < deadline, "no resync happened");
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     };
-    let after = metrics_text().await;
-
     assert_eq!(second_status.target_digest, first_status.target_digest);
     assert_eq!(second_status.platforms, first_status.platforms);
     assert_eq!(second_status.last_copy, first_status.last_copy);
-    let bytes = "pma2docker_copied_bytes_total";
+
+    // One HEAD on each side, and not a single blob request.
+    let source_requests = env.registry_requests("plain", &source_repository);
+    let target_requests = env.registry_requests("auth", &target_repository);
+    let source_new = &source_requests[source_before..];
+    let target_new = &target_requests[target_before..];
     assert_eq!(
-        metric_value(&before, bytes),
-        metric_value(&after, bytes),
-        "bytes were sent"
+        source_new,
+        [format!("HEAD /v2/{source_repository}/manifests/v1")]
+    );
+    assert_eq!(
+        target_new,
+        [format!("HEAD /v2/{target_repository}/manifests/v1")]
     );
     namespace.delete().await;
 }

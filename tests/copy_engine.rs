@@ -98,7 +98,7 @@ async fn oci_index_keeps_digest() {
             "linux/s390x"
         ]
     );
-    assert_eq!(report.blobs.copied as usize, fixture.blobs.len());
+    assert_eq!(report.blobs.copied as usize, fixture.content_blobs().len());
     let probe = Probe::new(&env.registries.auth);
     let tagged = probe.manifest_digest(&repository, "1.4").await;
     assert_eq!(tagged.as_deref(), Some(fixture.digest.as_str()));
@@ -304,7 +304,7 @@ async fn same_registry_blobs_mounted() {
     assert_eq!(report.bytes, 0);
     assert_eq!(
         report.blobs.mounted as usize,
-        fixtures().image("multiarch-oci").blobs.len()
+        fixtures().image("multiarch-oci").content_blobs().len()
     );
 }
 

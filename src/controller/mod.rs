@@ -151,6 +151,21 @@ async fn reconcile(object: Arc<ImageCopy>, context: Arc<Context>) -> Result<Acti
     let api: Api<ImageCopy> = Api::namespaced(context.client.clone(), &namespace);
     let interval = object.spec.interval.as_deref().and_then(interval::parse);
 
+    if object.metadata.deletion_timestamp.is_some() {
+        // Deleting an ImageCopy leaves the copied image in place; there is nothing to do.
+        timer.succeeded();
+        return Ok(Action::await_change());
+    }
+
+    if let Some(wait) = time_until_recheck(&object, interval) {
+        // A copy for this generation succeeded recently. Reconciles also run after our own
+        // status writes and after Secret changes; they must not re-check the registries.
+        timer.succeeded();
+        return Ok(wait
+            .map(Action::requeue)
+            .unwrap_or_else(Action::await_change));
+    }
+
     if object.spec.suspend {
         let status = status::next_status(&object, &Outcome::Suspended, now());
         status::write(&api, &object, status).await?;
@@ -219,6 +234,32 @@ async fn reconcile(object: Arc<ImageCopy>, context: Arc<Context>) -> Result<Acti
     }
 }
 
+/// Returns `Some` when the last successful copy of the current generation is recent enough
+/// that registries need no check now: `Some(Some(wait))` until the interval is due, or
+/// `Some(None)` without an interval. Returns `None` when a check is due.
+fn time_until_recheck(object: &ImageCopy, interval: Option<Duration>) -> Option<Option<Duration>> {
+    let status = object.status.as_ref()?;
+    if status.observed_generation != object.metadata.generation || object.spec.suspend {
+        return None;
+    }
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == crate::api::conditions::READY)?;
+    if ready.status != "True" || ready.observed_generation != object.metadata.generation {
+        return None;
+    }
+    let Some(interval) = interval else {
+        return Some(None);
+    };
+    let last_sync = status.last_sync_time.as_ref()?;
+    let elapsed = k8s_openapi::jiff::Timestamp::now().duration_since(last_sync.0);
+    let elapsed = Duration::try_from(elapsed).unwrap_or_default();
+    // Whole seconds: the status keeps times with one-second resolution.
+    let remaining = interval.checked_sub(elapsed).filter(|r| r.as_secs() >= 1)?;
+    Some(Some(remaining))
+}
+
 /// Chooses when to try again after a failure: exponential backoff per object for transient
 /// failures, and for permanent ones the next interval or an edit.
 fn error_policy(object: Arc<ImageCopy>, failure: &Error, context: Arc<Context>) -> Action {
@@ -274,6 +315,61 @@ fn now() -> Time {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn synced_object(generation: i64, seconds_ago: i64, interval: Option<&str>) -> ImageCopy {
+        use crate::api::ImageCopySpec;
+        let mut object = ImageCopy::new(
+            "app",
+            ImageCopySpec {
+                source: "a.example/app:1".into(),
+                target: "b.example/app:1".into(),
+                platforms: vec![],
+                image_pull_secrets: vec![],
+                interval: interval.map(str::to_string),
+                suspend: false,
+            },
+        );
+        object.metadata.generation = Some(generation);
+        let then = k8s_openapi::jiff::Timestamp::now()
+            - k8s_openapi::jiff::SignedDuration::from_secs(seconds_ago);
+        let report = crate::copy::CopyReport::default();
+        let status = status::next_status(&object, &Outcome::Synced(&report), Time(then));
+        object.status = Some(status);
+        object
+    }
+
+    #[test]
+    fn recheck_waits_for_interval() {
+        let object = synced_object(1, 10, Some("60s"));
+        let wait = time_until_recheck(&object, Some(Duration::from_secs(60)));
+        let wait = wait.expect("not due yet").expect("an interval is set");
+        assert!(
+            wait <= Duration::from_secs(50) && wait >= Duration::from_secs(48),
+            "{wait:?}"
+        );
+    }
+
+    #[test]
+    fn recheck_due_after_interval() {
+        let object = synced_object(1, 61, Some("60s"));
+        assert_eq!(
+            time_until_recheck(&object, Some(Duration::from_secs(60))),
+            None
+        );
+    }
+
+    #[test]
+    fn recheck_without_interval_waits_for_change() {
+        let object = synced_object(1, 5000, None);
+        assert_eq!(time_until_recheck(&object, None), Some(None));
+    }
+
+    #[test]
+    fn recheck_due_on_new_generation() {
+        let mut object = synced_object(1, 1, None);
+        object.metadata.generation = Some(2);
+        assert_eq!(time_until_recheck(&object, None), None);
+    }
 
     #[test]
     fn backoff_doubles_to_cap() {

@@ -9,7 +9,7 @@ use kube::{Client, Config};
 use pma2docker::api::ImageCopy;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use super::{RegistryInfo, env, repo_root, unique_repository};
@@ -137,7 +137,13 @@ impl TestNamespace {
         }
     }
 
+    /// Deletes the test's ImageCopy objects, then the namespace. The objects go first
+    /// because namespaces stay Terminating here, and their objects would stay too.
     pub async fn delete(self) {
+        let _ = self
+            .copies()
+            .delete_collection(&DeleteParams::default(), &Default::default())
+            .await;
         let api = Api::<Namespace>::all(self.client.clone());
         let _ = api.delete(&self.name, &DeleteParams::default()).await;
     }
@@ -163,17 +169,21 @@ pub struct ControllerProcess {
 
 /// Starts `pma2docker controller` once per test binary, watching every namespace, with
 /// trace logs in a file. A shell loop stops it within a second of the test process ending.
-pub fn controller() -> &'static ControllerProcess {
-    static CONTROLLER: OnceLock<ControllerProcess> = OnceLock::new();
-    CONTROLLER.get_or_init(|| {
-        let env = env();
-        let port = free_port();
-        let metrics_address = format!("127.0.0.1:{port}");
-        let log_dir = env.state_dir.join("logs");
-        std::fs::create_dir_all(&log_dir).unwrap();
-        let log_file = log_dir.join(format!("controller-{}.log", std::process::id()));
-        let log = std::fs::File::create(&log_file).unwrap();
-        let script = r#"
+/// The CRD is installed first, since the controller exits when it cannot list ImageCopy.
+pub async fn controller() -> &'static ControllerProcess {
+    static CONTROLLER: tokio::sync::OnceCell<ControllerProcess> =
+        tokio::sync::OnceCell::const_new();
+    CONTROLLER
+        .get_or_init(|| async {
+            install_crd(&client().await).await;
+            let env = env();
+            let port = free_port();
+            let metrics_address = format!("127.0.0.1:{port}");
+            let log_dir = env.state_dir.join("logs");
+            std::fs::create_dir_all(&log_dir).unwrap();
+            let log_file = log_dir.join(format!("controller-{}.log", std::process::id()));
+            let log = std::fs::File::create(&log_file).unwrap();
+            let script = r#"
             "$@" & controller=$!
             while kill -0 "$PARENT_PID" 2>/dev/null && kill -0 "$controller" 2>/dev/null; do
                 sleep 1
@@ -181,40 +191,44 @@ pub fn controller() -> &'static ControllerProcess {
             kill "$controller" 2>/dev/null
             wait "$controller"
         "#;
-        let child = Command::new("bash")
-            .arg("-c")
-            .arg(script)
-            .arg("controller-watchdog")
-            .arg(env!("CARGO_BIN_EXE_pma2docker"))
-            .args([
-                "controller",
-                "--metrics-address",
-                &metrics_address,
-                "--concurrency",
-                "8",
-            ])
-            .args(["--plain-http", &env.registries.plain.host])
-            .args(["--plain-http", &env.registries.auth.host])
-            .arg("--ca-file")
-            .arg(env.registries.tls.ca_file.as_ref().unwrap())
-            .env("KUBECONFIG", &env.kubeconfig)
-            .env(
-                "RUST_LOG",
-                "trace,hyper=info,h2=info,tower=info,rustls=info",
-            )
-            .env("PARENT_PID", std::process::id().to_string())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("failed to start the controller");
-        wait_for_readiness(&metrics_address);
-        ControllerProcess {
-            metrics_address,
-            log_file,
-            _child: Mutex::new(child),
-        }
-    })
+            let child = Command::new("bash")
+                .arg("-c")
+                .arg(script)
+                .arg("controller-watchdog")
+                .arg(env!("CARGO_BIN_EXE_pma2docker"))
+                .args([
+                    "controller",
+                    "--metrics-address",
+                    &metrics_address,
+                    "--concurrency",
+                    "8",
+                ])
+                .args(["--plain-http", &env.registries.plain.host])
+                .args(["--plain-http", &env.registries.auth.host])
+                .arg("--ca-file")
+                .arg(env.registries.tls.ca_file.as_ref().unwrap())
+                .env("KUBECONFIG", &env.kubeconfig)
+                .env(
+                    "RUST_LOG",
+                    "trace,hyper=info,h2=info,tower=info,rustls=info",
+                )
+                .env("PARENT_PID", std::process::id().to_string())
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("failed to start the controller");
+            let ready_address = metrics_address.clone();
+            tokio::task::spawn_blocking(move || wait_for_readiness(&ready_address))
+                .await
+                .unwrap();
+            ControllerProcess {
+                metrics_address,
+                log_file,
+                _child: Mutex::new(child),
+            }
+        })
+        .await
 }
 
 fn free_port() -> u16 {
@@ -243,7 +257,7 @@ fn wait_for_readiness(address: &str) {
 
 /// Fetches the controller's metrics text.
 pub async fn metrics_text() -> String {
-    let url = format!("http://{}/metrics", controller().metrics_address);
+    let url = format!("http://{}/metrics", controller().await.metrics_address);
     reqwest::get(url).await.unwrap().text().await.unwrap()
 }
 

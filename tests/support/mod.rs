@@ -71,6 +71,27 @@ pub fn env() -> &'static Env {
 }
 
 impl Env {
+    /// Requests a registry logged for `repository`, as `METHOD PATH` strings in log order.
+    pub fn registry_requests(&self, registry: &str, repository: &str) -> Vec<String> {
+        let log = self
+            .state_dir
+            .join("logs")
+            .join(format!("registry-{registry}.log"));
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let prefix = format!("/v2/{repository}/");
+        text.lines()
+            .filter_map(|line| {
+                // Access log lines carry `"METHOD PATH HTTP/1.1"`.
+                let request = line.split('"').nth(1)?;
+                let mut parts = request.split(' ');
+                let method = parts.next()?;
+                let path = parts.next()?;
+                path.starts_with(&prefix)
+                    .then(|| format!("{method} {path}"))
+            })
+            .collect()
+    }
+
     /// Directory where a registry keeps its blobs and manifests.
     pub fn storage(&self, registry: &str) -> PathBuf {
         self.state_dir
@@ -150,6 +171,17 @@ pub fn fixtures() -> &'static Fixtures {
         let images = serde_json::from_slice(&json).expect("fixtures.json has an unexpected shape");
         Fixtures { dir, images }
     })
+}
+
+impl Fixture {
+    /// Config and layer blobs, without the manifests that `blobs` also lists.
+    pub fn content_blobs(&self) -> Vec<&FixtureBlob> {
+        let is_manifest = |digest: &str| self.manifests.iter().any(|m| m.digest == digest);
+        self.blobs
+            .iter()
+            .filter(|b| !is_manifest(&b.digest))
+            .collect()
+    }
 }
 
 impl Fixtures {
