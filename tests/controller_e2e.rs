@@ -3,7 +3,6 @@
 
 mod support;
 
-use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use support::cluster::{TestNamespace, controller, kubectl};
 use support::{Probe, env, fixtures, seed, unique_repository};
