@@ -4,7 +4,7 @@
 mod support;
 
 use serde_json::json;
-use support::cluster::{TestNamespace, controller, kubectl};
+use support::cluster::{TestNamespace, controller, kubectl, metric_value, metrics_text};
 use support::{Probe, env, fixtures, seed, unique_repository};
 
 #[tokio::test]
@@ -57,6 +57,11 @@ async fn copies_every_platform() {
     assert!(!status.index_rewritten);
     assert_eq!(status.platforms.len(), 5);
     assert!(status.last_sync_time.is_some());
+    let last_copy = status.last_copy.expect("a copy sent or mounted blobs");
+    assert_eq!(
+        last_copy.blobs_mounted as usize,
+        fixture.content_blobs().len()
+    );
     let probe = Probe::new(&env.registries.plain);
     let tagged = probe.manifest_digest(&repository, "1.4").await;
     assert_eq!(tagged.as_deref(), Some(fixture.digest.as_str()));
@@ -77,6 +82,17 @@ async fn copies_every_platform() {
     assert!(
         events.contains("\"reason\": \"Copied\""),
         "no Copied event: {events}"
+    );
+
+    let metrics = metrics_text().await;
+    let copied = r#"pma2docker_reconciles_total{reason="Copied",result="success"}"#;
+    assert!(metric_value(&metrics, copied) >= 1.0, "{metrics}");
+    // Source and target share the plain registry, so every blob is mounted.
+    let mounted = r#"pma2docker_blobs_total{outcome="mounted"}"#;
+    assert!(metric_value(&metrics, mounted) >= 11.0, "{metrics}");
+    assert!(
+        !metrics.contains("e2e/"),
+        "image names must not be metric labels"
     );
     namespace.delete().await;
 }
