@@ -385,3 +385,52 @@ async fn invalid_spec_rejected_by_apiserver() {
     }
     namespace.delete().await;
 }
+
+#[tokio::test]
+async fn shared_target_conflict_reported() {
+    controller().await;
+    let env = env();
+    let first = TestNamespace::new("e2e-conflict-a").await;
+    let second = TestNamespace::new("e2e-conflict-b").await;
+    let source = seed(
+        "single",
+        &env.registries.plain,
+        &unique_repository("e2e/src"),
+        "v1",
+    );
+    let target = format!(
+        "{}/{}:v1",
+        env.registries.plain.host,
+        unique_repository("e2e/dst")
+    );
+
+    first
+        .create_copy("one", json!({ "source": source, "target": target }))
+        .await;
+    first.wait_ready("one", "True", Some("Copied")).await;
+    second
+        .create_copy("two", json!({ "source": source, "target": target }))
+        .await;
+
+    let two = second
+        .wait_ready("two", "False", Some("TargetConflict"))
+        .await;
+    let one = first
+        .wait_ready("one", "False", Some("TargetConflict"))
+        .await;
+    let message_two = &support::cluster::ready_condition(&two).unwrap().message;
+    let message_one = &support::cluster::ready_condition(&one).unwrap().message;
+    assert!(
+        message_two.contains(&format!("{}/one", first.name)),
+        "{message_two}"
+    );
+    assert!(
+        message_one.contains(&format!("{}/two", second.name)),
+        "{message_one}"
+    );
+
+    // Once one of them goes, the other copies again.
+    second.delete().await;
+    first.wait_ready("one", "True", Some("Copied")).await;
+    first.delete().await;
+}

@@ -21,6 +21,7 @@ pub mod reasons {
     pub const REGISTRY_ERROR: &str = "RegistryError";
     pub const REGISTRY_NOT_ALLOWED: &str = "RegistryNotAllowed";
     pub const INVALID_SECRET: &str = "InvalidSecret";
+    pub const TARGET_CONFLICT: &str = "TargetConflict";
     pub const KUBERNETES_ERROR: &str = "KubernetesError";
 }
 

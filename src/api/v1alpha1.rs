@@ -132,7 +132,7 @@ pub struct ImageCopyStatus {
     /// `Ready` says whether the target holds the source image. Reasons: `Copied`,
     /// `Copying`, `Suspended`, `InvalidSpec`, `SecretNotFound`, `AuthenticationFailed`,
     /// `SourceNotFound`, `PlatformNotFound`, `DigestMismatch`, `UnsupportedManifest`,
-    /// `RegistryError`.
+    /// `RegistryError`, `RegistryNotAllowed`, `TargetConflict`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "crate::api::conditions::schema")]
     pub conditions: Vec<Condition>,

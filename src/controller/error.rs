@@ -17,6 +17,11 @@ pub enum Error {
     #[error("registry {host} is not allowed by the operator's registry policy")]
     RegistryNotAllowed { host: String },
 
+    #[error(
+        "target {target} is also written by ImageCopy {other}; only one ImageCopy may write a tag"
+    )]
+    TargetConflict { target: String, other: String },
+
     #[error("{0}")]
     Copy(#[source] copy::Error),
 
@@ -36,6 +41,7 @@ impl Error {
             Error::SecretNotFound { .. } => reasons::SECRET_NOT_FOUND,
             Error::InvalidSecret { .. } => reasons::INVALID_SECRET,
             Error::RegistryNotAllowed { .. } => reasons::REGISTRY_NOT_ALLOWED,
+            Error::TargetConflict { .. } => reasons::TARGET_CONFLICT,
             Error::Copy(error) => match error.kind() {
                 ErrorKind::InvalidInput => match error {
                     copy::Error::PlatformNotFound { .. }

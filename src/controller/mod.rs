@@ -53,6 +53,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Metrics,
     pub settings: Settings,
+    /// Every ImageCopy the controller watches, to find two that write one target.
+    pub store: Store<ImageCopy>,
     /// Consecutive failures per object, for the backoff.
     failures: Mutex<HashMap<ObjectRef<ImageCopy>, u32>>,
 }
@@ -92,6 +94,8 @@ pub async fn run(client: Client, options: RunOptions) -> anyhow::Result<()> {
         )
     })?;
 
+    let controller = Controller::new(copies, watcher::Config::default().any_semantic());
+    let store = controller.store();
     let reporter = Reporter {
         controller: FIELD_MANAGER.to_string(),
         instance: Some(options.instance),
@@ -102,11 +106,9 @@ pub async fn run(client: Client, options: RunOptions) -> anyhow::Result<()> {
         client,
         metrics,
         settings: options.settings,
+        store: store.clone(),
         failures: Mutex::default(),
     });
-
-    let controller = Controller::new(copies, watcher::Config::default().any_semantic());
-    let store = controller.store();
     let secret_filter = watcher::Config::default().fields("type=kubernetes.io/dockerconfigjson");
     ready.store(true, Ordering::Relaxed);
     info!(concurrency, "Controller started");
@@ -185,7 +187,14 @@ async fn reconcile(object: Arc<ImageCopy>, context: Arc<Context>) -> Result<Acti
         status::write(&api, &object, status).await?;
     }
 
-    match sync::sync(&object, &context, is_new_generation).await {
+    let result = match conflicting_copy(&context.store, &object) {
+        Some((conflict, other)) => {
+            report_conflict_on(&context, &other, &object).await;
+            Err(conflict)
+        }
+        None => sync::sync(&object, &context, is_new_generation).await,
+    };
+    match result {
         Ok(report) => {
             let status = status::next_status(&object, &Outcome::Synced(&report), now());
             status::write(&api, &object, status).await?;
@@ -232,6 +241,60 @@ async fn reconcile(object: Arc<ImageCopy>, context: Arc<Context>) -> Result<Acti
             Err(failure)
         }
     }
+}
+
+/// Returns a conflict when another ImageCopy that is not suspended or being deleted writes
+/// the same target tag. Both objects report it, and neither copies until one changes.
+fn conflicting_copy(
+    store: &Store<ImageCopy>,
+    object: &ImageCopy,
+) -> Option<(Error, Arc<ImageCopy>)> {
+    let target = target_key(object)?;
+    let other = store.state().into_iter().find(|other| {
+        other.metadata.uid != object.metadata.uid
+            && other.metadata.deletion_timestamp.is_none()
+            && !other.spec.suspend
+            && target_key(other).as_ref() == Some(&target)
+    })?;
+    let error = Error::TargetConflict {
+        target,
+        other: qualified_name(&other),
+    };
+    Some((error, other))
+}
+
+/// Marks the other side of a conflict too. An object that copied successfully before would
+/// otherwise keep `Ready=True` until its next interval, while the two fight over the tag.
+async fn report_conflict_on(context: &Context, other: &ImageCopy, object: &ImageCopy) {
+    let Some(target) = target_key(other) else {
+        return;
+    };
+    let conflict = Error::TargetConflict {
+        target,
+        other: qualified_name(object),
+    };
+    let api: Api<ImageCopy> = Api::namespaced(
+        context.client.clone(),
+        &other.namespace().unwrap_or_default(),
+    );
+    let status = status::next_status(other, &Outcome::Failed(&conflict), now());
+    if let Err(error) = status::write(&api, other, status).await {
+        warn!(error = %error.message(), other = %qualified_name(other), "Failed to report conflict");
+    }
+}
+
+fn qualified_name(object: &ImageCopy) -> String {
+    format!(
+        "{}/{}",
+        object.namespace().unwrap_or_default(),
+        object.name_any()
+    )
+}
+
+/// The target tag in canonical form, so `nginx:1` and `docker.io/library/nginx:1` compare equal.
+fn target_key(object: &ImageCopy) -> Option<String> {
+    let target: crate::copy::ImageRef = object.spec.target.parse().ok()?;
+    Some(target.tag_only()?.whole())
 }
 
 /// Returns `Some` when the last successful copy of the current generation is recent enough
