@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod fault_proxy;
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -90,6 +91,40 @@ impl Env {
                     .then(|| format!("{method} {path}"))
             })
             .collect()
+    }
+
+    /// Counts, per blob digest, the uploads to `repository` that the registry completed
+    /// (`PUT …?digest=` answered 201).
+    pub fn completed_uploads(&self, registry: &str, repository: &str) -> BTreeMap<String, u32> {
+        let log = self
+            .state_dir
+            .join("logs")
+            .join(format!("registry-{registry}.log"));
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let prefix = format!("PUT /v2/{repository}/blobs/uploads/");
+        let mut counts = BTreeMap::new();
+        for line in text.lines() {
+            let mut fields = line.split('"');
+            let (Some(_), Some(request), Some(after)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            let completed = after.trim_start().starts_with("201");
+            if !completed || !request.starts_with(&prefix) {
+                continue;
+            }
+            let Some(digest) = request.split("digest=").nth(1) else {
+                continue;
+            };
+            let digest = digest
+                .split(['&', ' '])
+                .next()
+                .unwrap_or_default()
+                .replace("%3A", ":");
+            *counts.entry(digest).or_insert(0) += 1;
+        }
+        counts
     }
 
     /// Directory where a registry keeps its blobs and manifests.
@@ -205,8 +240,35 @@ pub fn unique_repository(prefix: &str) -> String {
 
 /// Pushes a fixture into `registry` as `repository:tag` and returns the full reference.
 pub fn seed(fixture_name: &str, registry: &RegistryInfo, repository: &str, tag: &str) -> String {
+    seed_layout(
+        &fixtures().dir.join(fixture_name),
+        registry,
+        repository,
+        tag,
+    )
+}
+
+/// Builds, once per test binary, an image of 4 platforms with two 16 MiB incompressible
+/// layers each (about 128 MiB), for tests that must interrupt a copy in progress.
+pub fn large_layout() -> &'static Path {
+    static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
+    LAYOUT.get_or_init(|| {
+        let dir = repo_root().join(format!("target/fixtures-large.{}", std::process::id()));
+        let status = Command::new("python3")
+            .arg(repo_root().join("tests/fixtures/build_large_image.py"))
+            .arg(&dir)
+            .args(["--platforms", "4", "--layers", "2", "--layer-mib", "16"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("failed to run build_large_image.py");
+        assert!(status.success(), "build_large_image.py failed");
+        dir
+    })
+}
+
+/// Pushes an OCI image layout into `registry` as `repository:tag`.
+pub fn seed_layout(layout: &Path, registry: &RegistryInfo, repository: &str, tag: &str) -> String {
     let reference = format!("{}/{repository}:{tag}", registry.host);
-    let layout = fixtures().dir.join(fixture_name);
     let mut command = Command::new("python3");
     command
         .arg(repo_root().join("tests/fixtures/push_layout.py"))

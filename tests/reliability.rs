@@ -1,0 +1,131 @@
+//! Faults the controller must survive: being killed in the middle of a copy, again and again.
+
+mod support;
+
+use serde_json::json;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use support::cluster::TestNamespace;
+use support::{Probe, RegistryInfo, env, large_layout, seed_layout, unique_repository};
+
+/// Starts a controller that watches only `namespace`, with one transfer at a time so that a
+/// copy lasts long enough to be interrupted.
+fn start_controller(namespace: &str, log_name: &str) -> Child {
+    let env = env();
+    let log = std::fs::File::create(env.state_dir.join("logs").join(log_name)).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_pma2docker"))
+        .args([
+            "controller",
+            "--namespace",
+            namespace,
+            "--metrics-address",
+            "127.0.0.1:0",
+        ])
+        .args(["--jobs", "1"])
+        .args([
+            "--plain-http",
+            &format!("{},{}", env.registries.plain.host, env.registries.auth.host),
+        ])
+        .env("KUBECONFIG", &env.kubeconfig)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("failed to start the controller")
+}
+
+/// Returns whether the target tag exists, and panics if it resolves to an index whose
+/// manifests or blobs are not all in the repository.
+async fn assert_tag_complete(registry: &RegistryInfo, repository: &str, tag: &str) -> bool {
+    let probe = Probe::new(registry);
+    let Some(index_bytes) = probe.manifest(repository, tag).await else {
+        return false;
+    };
+    let index: serde_json::Value = serde_json::from_slice(&index_bytes).unwrap();
+    for entry in index["manifests"].as_array().unwrap() {
+        let digest = entry["digest"].as_str().unwrap();
+        let manifest = probe.manifest(repository, digest).await;
+        let manifest = manifest.unwrap_or_else(|| panic!("tag points at missing child {digest}"));
+        let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+        let layers = manifest["layers"].as_array().unwrap().iter();
+        for blob in std::iter::once(&manifest["config"]).chain(layers) {
+            let blob_digest = blob["digest"].as_str().unwrap();
+            let found = probe.blob_digest(repository, blob_digest).await;
+            assert!(
+                found.is_some(),
+                "tag points at child {digest} with missing blob {blob_digest}"
+            );
+        }
+    }
+    true
+}
+
+#[tokio::test]
+async fn controller_killed_twenty_times() {
+    let env = env();
+    let auth = &env.registries.auth;
+    let namespace = TestNamespace::new("rel-kill").await;
+    let source = seed_layout(
+        large_layout(),
+        &env.registries.plain,
+        &unique_repository("rel/src"),
+        "v1",
+    );
+    let repository = unique_repository("rel/dst");
+    let target = format!("{}/{repository}:v1", auth.host);
+    namespace
+        .put_pull_secret("creds", auth, auth.password.as_deref().unwrap())
+        .await;
+    namespace
+        .create_copy(
+            "large",
+            json!({ "source": source, "target": target, "imagePullSecrets": [{ "name": "creds" }] }),
+        )
+        .await;
+
+    // Kill points spread over the first 2.5 s of each run, from a fixed sequence so a failure
+    // can be replayed.
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut kills_before_tag = 0;
+    for round in 0..20 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let delay = Duration::from_millis(150 + state % 2350);
+        let mut controller = start_controller(&namespace.name, &format!("kill-{round}.log"));
+        tokio::time::sleep(delay).await;
+        controller.kill().unwrap();
+        controller.wait().unwrap();
+
+        if !assert_tag_complete(auth, &repository, "v1").await {
+            kills_before_tag += 1;
+        }
+    }
+
+    let mut controller = start_controller(&namespace.name, "kill-final.log");
+    let object = namespace.wait_ready("large", "True", Some("Copied")).await;
+    controller.kill().unwrap();
+    controller.wait().unwrap();
+
+    let status = object.status.unwrap();
+    assert_eq!(status.target_digest, status.source_digest);
+    assert!(assert_tag_complete(auth, &repository, "v1").await);
+
+    // A blob that reached the target is never uploaded again after a restart.
+    let uploads = env.completed_uploads("auth", &repository);
+    let repeated: Vec<_> = uploads.iter().filter(|(_, count)| **count > 1).collect();
+    assert!(
+        repeated.is_empty(),
+        "blobs uploaded more than once: {repeated:?}"
+    );
+    println!(
+        "kills: 20, of which {kills_before_tag} before the tag existed; blobs uploaded: {}",
+        uploads.len()
+    );
+    assert!(
+        kills_before_tag >= 1,
+        "no kill landed before the copy finished"
+    );
+    namespace.delete().await;
+}
