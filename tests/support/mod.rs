@@ -272,7 +272,7 @@ pub fn seed_layout(layout: &Path, registry: &RegistryInfo, repository: &str, tag
     let mut command = Command::new("python3");
     command
         .arg(repo_root().join("tests/fixtures/push_layout.py"))
-        .arg(&layout)
+        .arg(layout)
         .arg(&reference);
     match &registry.ca_file {
         Some(ca) => {
