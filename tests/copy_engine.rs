@@ -203,7 +203,7 @@ async fn platform_subset_keeps_attestations() {
         .collect();
     assert_eq!(platforms, ["linux/arm64", "linux/arm/v7"]);
 
-    // The index in the target holds the two platforms and their two attestations only.
+    // The index in the target contains the two platforms and their two attestations only.
     let probe = Probe::new(&env.registries.plain);
     let bytes = probe.manifest(&repository, "arm").await.unwrap();
     assert_eq!(support::sha256(&bytes), report.target_digest);
@@ -474,5 +474,51 @@ async fn digest_pinned_source_checked() {
             ErrorKind::NotFound | ErrorKind::DigestMismatch
         ),
         "{error}"
+    );
+}
+
+#[tokio::test]
+async fn deep_index_nesting_rejected() {
+    let env = env();
+    let fixture = fixtures().image("single");
+    let repository = unique_repository("src/deep");
+    seed("single", &env.registries.plain, &repository, "v1");
+    let probe = Probe::new(&env.registries.plain);
+
+    // Wrap the single-platform manifest in six levels of indexes.
+    let index_type = "application/vnd.oci.image.index.v1+json";
+    let mut child = (fixture.media_type.clone(), fixture.digest.clone(), 0u64);
+    child.2 = probe
+        .manifest(&repository, &fixture.digest)
+        .await
+        .unwrap()
+        .len() as u64;
+    for _ in 0..6 {
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": index_type,
+            "manifests": [{ "mediaType": child.0, "digest": child.1, "size": child.2,
+                            "platform": { "os": "linux", "architecture": "arm64" } }]
+        });
+        let bytes = serde_json::to_vec(&index).unwrap();
+        let size = bytes.len() as u64;
+        let digest = probe.put_manifest(&repository, index_type, bytes).await;
+        child = (index_type.to_string(), digest, size);
+    }
+    let source = format!("{}/{repository}@{}", env.registries.plain.host, child.1);
+    let target_repository = unique_repository("mirror/deep");
+    let target = format!("{}/{target_repository}:v1", env.registries.auth.host);
+
+    let error = run(&request(&source, &target)).await.unwrap_err();
+
+    assert_eq!(error.kind(), ErrorKind::Unsupported, "{error}");
+    assert!(
+        error.to_string().contains("nests indexes deeper"),
+        "{error}"
+    );
+    let target_probe = Probe::new(&env.registries.auth);
+    assert_eq!(
+        target_probe.manifest_digest(&target_repository, "v1").await,
+        None
     );
 }

@@ -6,7 +6,21 @@ use serde_json::json;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use support::cluster::TestNamespace;
-use support::{Probe, RegistryInfo, env, large_layout, seed_layout, unique_repository};
+use support::{Probe, RegistryInfo, env, large_layout, seed, seed_layout, unique_repository};
+
+/// The tests here stop shared processes of the environment, so they run one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Returns the port of a `HOST:PORT` or `https://HOST:PORT` address.
+fn port_of(address: &str) -> u16 {
+    address
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .parse()
+        .unwrap()
+}
 
 /// Starts a controller that watches only `namespace`, with one transfer at a time so that a
 /// copy lasts long enough to be interrupted.
@@ -63,6 +77,7 @@ async fn assert_tag_complete(registry: &RegistryInfo, repository: &str, tag: &st
 
 #[tokio::test]
 async fn controller_killed_twenty_times() {
+    let _serial = SERIAL.lock().await;
     let env = env();
     let auth = &env.registries.auth;
     let namespace = TestNamespace::new("rel-kill").await;
@@ -128,4 +143,109 @@ async fn controller_killed_twenty_times() {
         "no kill landed before the copy finished"
     );
     namespace.delete().await;
+}
+
+#[tokio::test]
+async fn target_registry_restarted_mid_copy() {
+    let _serial = SERIAL.lock().await;
+    let env = env();
+    let auth = &env.registries.auth;
+    let namespace = TestNamespace::new("rel-registry").await;
+    let source = seed_layout(
+        large_layout(),
+        &env.registries.plain,
+        &unique_repository("rel/src"),
+        "v1",
+    );
+    let repository = unique_repository("rel/dst");
+    let target = format!("{}/{repository}:v1", auth.host);
+    namespace
+        .put_pull_secret("creds", auth, auth.password.as_deref().unwrap())
+        .await;
+    let mut controller = start_controller(&namespace.name, "registry-restart.log");
+    namespace
+        .create_copy(
+            "large",
+            json!({ "source": source, "target": target, "imagePullSecrets": [{ "name": "creds" }] }),
+        )
+        .await;
+
+    // Take the target registry away for three seconds while blobs are in flight.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let port = port_of(&auth.host);
+    tokio::task::spawn_blocking(move || {
+        env.restart_process("registry-auth", Duration::from_secs(3), port)
+    })
+    .await
+    .unwrap();
+
+    let object = namespace.wait_ready("large", "True", Some("Copied")).await;
+    controller.kill().unwrap();
+    controller.wait().unwrap();
+    let status = object.status.unwrap();
+    assert_eq!(status.target_digest, status.source_digest);
+    assert!(assert_tag_complete(auth, &repository, "v1").await);
+    namespace.delete().await;
+}
+
+#[tokio::test]
+async fn apiserver_restarted_under_controller() {
+    let _serial = SERIAL.lock().await;
+    let env = env();
+    let namespace = TestNamespace::new("rel-apiserver").await;
+    let source = seed(
+        "single",
+        &env.registries.plain,
+        &unique_repository("rel/src"),
+        "v1",
+    );
+    let before = format!(
+        "{}/{}:v1",
+        env.registries.plain.host,
+        unique_repository("rel/dst")
+    );
+    let after = format!(
+        "{}/{}:v1",
+        env.registries.plain.host,
+        unique_repository("rel/dst")
+    );
+    let mut controller = start_controller(&namespace.name, "apiserver-restart.log");
+    namespace
+        .create_copy("before", json!({ "source": source, "target": before }))
+        .await;
+    namespace.wait_ready("before", "True", Some("Copied")).await;
+
+    let port = port_of(&env.apiserver);
+    tokio::task::spawn_blocking(move || {
+        env.restart_process("kube-apiserver", Duration::from_secs(2), port)
+    })
+    .await
+    .unwrap();
+
+    // The watch reconnects: an object created after the restart is copied too.
+    let namespace = reconnect(namespace).await;
+    namespace
+        .create_copy("after", json!({ "source": source, "target": after }))
+        .await;
+    namespace.wait_ready("after", "True", Some("Copied")).await;
+    assert!(
+        controller.try_wait().unwrap().is_none(),
+        "the controller exited"
+    );
+    controller.kill().unwrap();
+    controller.wait().unwrap();
+    namespace.delete().await;
+}
+
+/// Waits until the apiserver serves requests again after a restart.
+async fn reconnect(namespace: TestNamespace) -> TestNamespace {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while namespace.copies().list(&Default::default()).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "apiserver did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    namespace
 }

@@ -50,7 +50,7 @@ pub struct ImageCopySpec {
     #[schemars(length(min = 1, max = 512), regex(pattern = REFERENCE_PATTERN))]
     pub source: String,
 
-    /// Where to copy the image: REGISTRY/REPOSITORY:TAG. The tag is required; it is written
+    /// Target image: REGISTRY/REPOSITORY:TAG. The tag is required; it is written
     /// last, after every platform, manifest and layer is in place.
     #[schemars(length(min = 1, max = 512), regex(pattern = TARGET_PATTERN))]
     pub target: String,
@@ -129,7 +129,7 @@ pub struct ImageCopyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_copy: Option<CopyStatistics>,
 
-    /// `Ready` says whether the target holds the source image. Reasons: `Copied`,
+    /// `Ready` is True when the target tag points at the source image. Reasons: `Copied`,
     /// `Copying`, `Suspended`, `InvalidSpec`, `SecretNotFound`, `AuthenticationFailed`,
     /// `SourceNotFound`, `PlatformNotFound`, `DigestMismatch`, `UnsupportedManifest`,
     /// `RegistryError`, `RegistryNotAllowed`, `TargetConflict`.

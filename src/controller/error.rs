@@ -34,7 +34,7 @@ pub enum Error {
 }
 
 impl Error {
-    /// The condition reason for this failure.
+    /// Returns the condition reason for this failure.
     pub fn reason(&self) -> &'static str {
         match self {
             Error::InvalidSpec { .. } => reasons::INVALID_SPEC,
@@ -73,7 +73,7 @@ impl Error {
         }
     }
 
-    /// The message for status and Events: the error and its causes on one line.
+    /// Returns the message for status and Events: the error and its causes on one line.
     pub fn message(&self) -> String {
         let mut message = self.to_string();
         let mut source = std::error::Error::source(self);

@@ -43,7 +43,7 @@ use status::Outcome;
 /// Field manager of the status patches, and the controller name in Events.
 pub const FIELD_MANAGER: &str = "pma2docker";
 
-/// First retry delay after a failure; it doubles per failure up to [`MAX_BACKOFF`].
+/// First retry delay after a failure. It doubles per failure up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -59,7 +59,7 @@ pub struct Context {
     failures: Mutex<HashMap<ObjectRef<ImageCopy>, u32>>,
 }
 
-/// How the controller process runs.
+/// Settings of the controller process.
 pub struct RunOptions {
     pub settings: Settings,
     /// Namespace to watch; `None` watches every namespace.
@@ -291,7 +291,8 @@ fn qualified_name(object: &ImageCopy) -> String {
     )
 }
 
-/// The target tag in canonical form, so `nginx:1` and `docker.io/library/nginx:1` compare equal.
+/// Returns the target tag in canonical form, so `nginx:1` and `docker.io/library/nginx:1`
+/// compare equal.
 fn target_key(object: &ImageCopy) -> Option<String> {
     let target: crate::copy::ImageRef = object.spec.target.parse().ok()?;
     Some(target.tag_only()?.whole())

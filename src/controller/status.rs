@@ -12,10 +12,10 @@ use crate::api::v1alpha1::{CopyStatistics, PlatformStatus};
 use crate::api::{ImageCopy, ImageCopyStatus};
 use crate::copy::CopyReport;
 
-/// Longest condition message written; registry error bodies can be long.
+/// Maximum length of a condition message, because registry error bodies can be long.
 const MAX_MESSAGE_CHARS: usize = 1024;
 
-/// What a reconcile found.
+/// The result of a reconcile, as the status reports it.
 pub enum Outcome<'a> {
     /// A copy is about to start for a generation not seen before.
     Copying,

@@ -20,6 +20,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 #[serde(rename_all = "camelCase")]
 pub struct Env {
     pub state_dir: PathBuf,
+    /// `https://127.0.0.1:PORT` of the kube-apiserver.
+    pub apiserver: String,
     pub kubeconfig: PathBuf,
     pub registries: Registries,
     pub bin: PathBuf,
@@ -94,7 +96,7 @@ impl Env {
     }
 
     /// Counts, per blob digest, the uploads to `repository` that the registry completed
-    /// (`PUT …?digest=` answered 201).
+    /// (`PUT …?digest=` with status 201).
     pub fn completed_uploads(&self, registry: &str, repository: &str) -> BTreeMap<String, u32> {
         let log = self
             .state_dir
@@ -125,6 +127,66 @@ impl Env {
             *counts.entry(digest).or_insert(0) += 1;
         }
         counts
+    }
+
+    /// Stops one process of the environment (`kube-apiserver`, `registry-plain`, …) with
+    /// SIGTERM, keeps it down for `down_for`, and starts it again with the same command line,
+    /// environment and log file. Returns once its port accepts connections again.
+    pub fn restart_process(&self, name: &str, down_for: std::time::Duration, port: u16) {
+        let pid_file = self.state_dir.join("run").join(format!("{name}.pid"));
+        let pid = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .to_string();
+        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+        let split = |bytes: Vec<u8>| -> Vec<String> {
+            bytes
+                .split(|b| *b == 0)
+                .filter(|part| !part.is_empty())
+                .map(|part| String::from_utf8_lossy(part).into_owned())
+                .collect()
+        };
+        let command_line = split(std::fs::read(proc_dir.join("cmdline")).unwrap());
+        let environment = split(std::fs::read(proc_dir.join("environ")).unwrap());
+        let directory = std::fs::read_link(proc_dir.join("cwd")).unwrap();
+
+        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(status.success(), "failed to stop {name}");
+        let address = format!("127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(&address).is_ok() {
+            assert!(std::time::Instant::now() < deadline, "{name} did not stop");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        std::thread::sleep(down_for);
+
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let log_path = self.state_dir.join("logs").join(format!("{name}.log"));
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log_path)
+            .unwrap();
+        // The new process belongs to the environment and outlives this test; down.sh stops it
+        // through the PID file, so it is not waited for here.
+        #[allow(clippy::zombie_processes)]
+        let child = Command::new(&command_line[0])
+            .args(&command_line[1..])
+            .env_clear()
+            .envs(environment.iter().filter_map(|pair| pair.split_once('=')))
+            .current_dir(directory)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|error| panic!("failed to restart {name}: {error}"));
+        std::fs::write(&pid_file, format!("{}\n", child.id())).unwrap();
+        while std::net::TcpStream::connect(&address).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} did not start again"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     /// Directory where a registry keeps its blobs and manifests.
@@ -391,6 +453,27 @@ impl Probe {
             response.status()
         );
         Some(response.bytes().await.unwrap())
+    }
+
+    /// Pushes manifest bytes by digest and returns the digest.
+    pub async fn put_manifest(&self, repository: &str, media_type: &str, bytes: Vec<u8>) -> String {
+        let digest = sha256(&bytes);
+        let response = self
+            .request(
+                reqwest::Method::PUT,
+                &format!("/v2/{repository}/manifests/{digest}"),
+            )
+            .header("Content-Type", media_type)
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "PUT manifest: {}",
+            response.status()
+        );
+        digest
     }
 
     /// Fetches a blob and returns its sha256 digest and size, or `None` on 404.
