@@ -1,8 +1,6 @@
 //! Errors of the copy engine, named after what failed, with a coarse [`ErrorKind`] that the
 //! CLI and the controller turn into exit messages and condition reasons.
 
-use oci_client::errors::{OciDistributionError, OciErrorCode};
-
 /// What went wrong, in the categories a user acts on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -47,8 +45,8 @@ pub enum Error {
     #[error("a platform filter needs an index, but source {reference} is a single-platform image")]
     FilterOnSingleImage { reference: String },
 
-    #[error("manifest {reference} is {size} bytes, more than the 4 MiB limit")]
-    ManifestTooLarge { reference: String, size: usize },
+    #[error("manifest {reference} is {size} bytes or more, above the 4 MiB limit")]
+    ManifestTooLarge { reference: String, size: u64 },
 
     #[error("manifest {reference} is invalid: {reason}")]
     InvalidManifest { reference: String, reason: String },
@@ -70,7 +68,7 @@ pub enum Error {
         registry: String,
         action: &'static str,
         #[source]
-        source: Option<OciDistributionError>,
+        source: Option<Failure>,
     },
 
     #[error("digest mismatch for {reference}: expected {expected}, got {actual}")]
@@ -85,24 +83,109 @@ pub enum Error {
         action: &'static str,
         reference: String,
         #[source]
-        source: OciDistributionError,
+        source: Failure,
     },
 
     #[error("target registry rejected {what} {reference}: {reason}")]
     Rejected {
-        what: &'static str,
+        what: String,
         reference: String,
         reason: String,
     },
 
-    #[error("failed to {action} {reference}")]
-    Http {
-        action: &'static str,
+    #[error(
+        "target registry rejected tag {reference}, which points to {existing}: {reason}; the \
+         tag may be immutable, and it was left unchanged"
+    )]
+    TagNotMoved {
         reference: String,
-        #[source]
-        source: reqwest::Error,
+        existing: String,
+        reason: String,
     },
 }
+
+/// Why one registry request failed, below the level of the copy step that sent it. Its text
+/// never contains URLs, which may carry upload state or signed parameters.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// The registry answered with an error status.
+    #[error("HTTP {status}: {summary}")]
+    Status {
+        status: reqwest::StatusCode,
+        /// The first error code of a JSON error body, such as `MANIFEST_INVALID`.
+        code: Option<String>,
+        /// The error code and message, or the start of a body that is not JSON.
+        summary: String,
+    },
+
+    /// The request did not get an answer: connection, TLS or timeout failure.
+    #[error("{0}")]
+    Network(#[source] reqwest::Error),
+
+    /// The connection broke while the answer's body was being read.
+    #[error("the connection broke while reading the answer")]
+    Interrupted(#[source] reqwest::Error),
+
+    /// The token server did not issue a token.
+    #[error("token request failed")]
+    Token(#[source] Box<Failure>),
+
+    /// The source's side of a blob stream failed while the blob was being sent.
+    #[error("{0}")]
+    SourceStream(String),
+
+    /// The registry answered 401 to a token that it had accepted before. The token is
+    /// dropped, so the next attempt asks for a new one.
+    #[error("the registry no longer accepts the access token")]
+    TokenExpired,
+
+    /// The registry asked for a wait longer than the engine accepts.
+    #[error("the registry asked to wait {} s before the next request, more than the {} s limit", .0.as_secs(), super::gate::MAX_WAIT.as_secs())]
+    RateLimited(std::time::Duration),
+
+    /// The answer broke the distribution protocol, for example a missing `Location`.
+    #[error("{0}")]
+    Protocol(String),
+}
+
+impl Failure {
+    /// Wraps a reqwest error, dropping its URL.
+    pub fn network(error: reqwest::Error) -> Failure {
+        Failure::Network(error.without_url())
+    }
+
+    /// Returns the HTTP status of an error answer.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Failure::Status { status, .. } => Some(status.as_u16()),
+            _ => None,
+        }
+    }
+
+    /// Returns the error code of an error answer, such as `MANIFEST_UNKNOWN`.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Failure::Status { code, .. } => code.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// True when the same request may succeed later: network failures, 408, 429 and 5xx.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Failure::Status { status, .. } => {
+                status.is_server_error() || matches!(status.as_u16(), 408 | 429)
+            }
+            Failure::Network(error) => !error.is_builder() && !error.is_redirect(),
+            Failure::Interrupted(_) | Failure::SourceStream(_) | Failure::TokenExpired => true,
+            Failure::Token(inner) => inner.is_transient(),
+            Failure::RateLimited(_) | Failure::Protocol(_) => false,
+        }
+    }
+}
+
+/// Error codes with which registries say that access was denied, whatever the status.
+const ACCESS_CODES: [&str; 2] = ["UNAUTHORIZED", "DENIED"];
 
 impl Error {
     pub fn kind(&self) -> ErrorKind {
@@ -120,9 +203,21 @@ impl Error {
             Error::NotFound { .. } => ErrorKind::NotFound,
             Error::Authentication { .. } => ErrorKind::Authentication,
             Error::DigestMismatch { .. } => ErrorKind::DigestMismatch,
-            Error::Registry { .. } | Error::Rejected { .. } | Error::Http { .. } => {
+            Error::Registry { .. } | Error::Rejected { .. } | Error::TagNotMoved { .. } => {
                 ErrorKind::Registry
             }
+        }
+    }
+
+    /// Returns the HTTP status of the registry answer behind this error, if there was one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Error::Registry { source, .. } => source.status(),
+            Error::Authentication {
+                source: Some(source),
+                ..
+            } => source.status(),
+            _ => None,
         }
     }
 
@@ -130,100 +225,55 @@ impl Error {
     /// and 429 answers.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Registry { source, .. } => is_transient(source),
-            Error::Http { source, .. } => {
-                source.is_timeout() || source.is_connect() || source.is_request()
-            }
+            Error::Registry { source, .. } => source.is_transient(),
             _ => false,
         }
     }
 
-    /// Classifies an oci-client error from `action` on `reference` at `registry`.
-    pub fn from_oci(
+    /// Classifies a failed request of `action` on `reference` at `registry`. Access
+    /// failures are never reported as "not found": a 404 whose body says `DENIED` or
+    /// `UNAUTHORIZED` is an authentication error.
+    pub fn from_failure(
         action: &'static str,
         registry: &str,
         reference: &str,
-        source: OciDistributionError,
+        failure: Failure,
     ) -> Error {
-        if is_authentication(&source) {
+        if let Failure::Token(inner) = &failure
+            && !inner.is_transient()
+        {
             return Error::Authentication {
                 registry: registry.to_string(),
                 action,
-                source: Some(source),
+                source: Some(failure),
             };
         }
-        if is_not_found(&source) {
-            return Error::NotFound {
+        let code = failure.code().map(str::to_string);
+        let access_code = code.as_deref().is_some_and(|c| ACCESS_CODES.contains(&c));
+        match failure.status() {
+            Some(401) => Error::Authentication {
+                registry: registry.to_string(),
+                action,
+                source: Some(failure),
+            },
+            Some(403) | Some(404) if access_code => Error::Authentication {
+                registry: registry.to_string(),
+                action,
+                source: Some(failure),
+            },
+            Some(403) if code.is_none() => Error::Authentication {
+                registry: registry.to_string(),
+                action,
+                source: Some(failure),
+            },
+            Some(404) => Error::NotFound {
                 reference: reference.to_string(),
-            };
-        }
-        if let OciDistributionError::DigestError(digest_error) = &source {
-            return Error::DigestMismatch {
+            },
+            _ => Error::Registry {
+                action,
                 reference: reference.to_string(),
-                expected: String::new(),
-                actual: digest_error.to_string(),
-            };
+                source: failure,
+            },
         }
-        Error::Registry {
-            action,
-            reference: reference.to_string(),
-            source,
-        }
-    }
-}
-
-fn is_authentication(error: &OciDistributionError) -> bool {
-    match error {
-        OciDistributionError::AuthenticationFailure(_)
-        | OciDistributionError::UnauthorizedError { .. } => true,
-        OciDistributionError::ServerError { code, .. } => *code == 401 || *code == 403,
-        OciDistributionError::RegistryError { envelope, .. } => envelope
-            .errors
-            .iter()
-            .any(|e| matches!(e.code, OciErrorCode::Unauthorized | OciErrorCode::Denied)),
-        OciDistributionError::RequestError(request) => request
-            .status()
-            .is_some_and(|s| s.as_u16() == 401 || s.as_u16() == 403),
-        _ => false,
-    }
-}
-
-fn is_not_found(error: &OciDistributionError) -> bool {
-    match error {
-        OciDistributionError::ImageManifestNotFoundError(_) => true,
-        OciDistributionError::ServerError { code, .. } => *code == 404,
-        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|e| {
-            matches!(
-                e.code,
-                OciErrorCode::ManifestUnknown
-                    | OciErrorCode::NameUnknown
-                    | OciErrorCode::BlobUnknown
-            )
-        }),
-        OciDistributionError::RequestError(request) => {
-            request.status().is_some_and(|s| s.as_u16() == 404)
-        }
-        _ => false,
-    }
-}
-
-fn is_transient(error: &OciDistributionError) -> bool {
-    match error {
-        OciDistributionError::RequestError(request) => {
-            request.is_timeout()
-                || request.is_connect()
-                || request.is_body()
-                || request.is_request()
-                || request
-                    .status()
-                    .is_some_and(|s| s.is_server_error() || s.as_u16() == 429)
-        }
-        OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
-        OciDistributionError::RegistryError { envelope, .. } => envelope
-            .errors
-            .iter()
-            .any(|e| matches!(e.code, OciErrorCode::Toomanyrequests)),
-        OciDistributionError::IoError(_) => true,
-        _ => false,
     }
 }

@@ -5,7 +5,7 @@ use oci_client::Reference;
 use std::collections::HashMap;
 
 use super::error::Error;
-use super::manifest::{Kind, Parsed, parse};
+use super::manifest::{Kind, Parsed, kind_of, parse};
 use super::plan::{Child, Content, Node};
 use super::reference::ImageRef;
 use super::registry::Registry;
@@ -17,23 +17,30 @@ pub const MAX_INDEX_DEPTH: usize = 4;
 const MANIFEST_FETCHES: usize = 8;
 
 /// Fetches the root manifest. A reference with a digest is fetched by digest, and the bytes
-/// must hash to it.
+/// must hash to it in its algorithm; the registry's `Docker-Content-Digest` is not trusted.
 pub async fn fetch_root(source: &Registry, image: &ImageRef) -> Result<Node, Error> {
     let reference = match image.digest() {
         Some(digest) => image.with_digest(digest),
         None => image.as_oci().clone(),
     };
-    let (bytes, digest) = source.get_manifest(&reference).await?;
+    let fetched = source.get_manifest(&reference).await?;
     if let Some(expected) = image.digest()
-        && expected != digest
+        && expected != fetched.digest
     {
         return Err(Error::DigestMismatch {
             reference: image.to_string(),
             expected: expected.to_string(),
-            actual: digest,
+            actual: fetched.digest,
         });
     }
-    node_from_bytes(bytes, digest, None, &image.to_string())
+    let hint = known_type(fetched.content_type.as_deref());
+    node_from_bytes(fetched.bytes, fetched.digest, hint, &image.to_string())
+}
+
+/// Returns a response's `Content-Type` when it is a manifest type the engine knows; other
+/// values (`application/json`, `text/plain`) say nothing about the document.
+fn known_type(content_type: Option<&str>) -> Option<&str> {
+    content_type.filter(|media_type| kind_of(media_type).is_some())
 }
 
 fn node_from_bytes(
@@ -145,15 +152,17 @@ async fn fetch_child(
     media_type: String,
 ) -> Result<(String, Node), Error> {
     let reference: Reference = image.with_digest(&digest);
-    let (bytes, actual) = source.get_manifest(&reference).await?;
-    if actual != digest {
+    let fetched = source.get_manifest(&reference).await?;
+    if fetched.digest != digest {
         return Err(Error::DigestMismatch {
             reference: reference.whole(),
             expected: digest,
-            actual,
+            actual: fetched.digest,
         });
     }
-    let hint = (!media_type.is_empty()).then_some(media_type.as_str());
-    let node = node_from_bytes(bytes, digest.clone(), hint, &reference.whole())?;
+    let hint = (!media_type.is_empty())
+        .then_some(media_type.as_str())
+        .or(known_type(fetched.content_type.as_deref()));
+    let node = node_from_bytes(fetched.bytes, digest.clone(), hint, &reference.whole())?;
     Ok((digest, node))
 }

@@ -7,6 +7,7 @@
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
+use super::digest;
 use super::error::Error;
 
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -52,9 +53,16 @@ pub struct Platform {
     pub os_version: Option<String>,
 }
 
+/// Writes `os/architecture[/variant]`, with the OS version in brackets after the OS when the
+/// entry has one (`windows(10.0.20348.2227)/amd64`), the way containerd formats platforms, so
+/// Windows entries that differ only by `os.version` stay apart.
 impl std::fmt::Display for Platform {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
+        write!(f, "{}", self.os)?;
+        if let Some(version) = self.os_version.as_deref().filter(|v| !v.is_empty()) {
+            write!(f, "({version})")?;
+        }
+        write!(f, "/{}", self.architecture)?;
         if let Some(variant) = self.variant.as_deref().filter(|v| !v.is_empty()) {
             write!(f, "/{variant}")?;
         }
@@ -120,7 +128,7 @@ pub fn parse(bytes: &[u8], hint: Option<&str>, reference: &str) -> Result<(Strin
     if bytes.len() > MAX_MANIFEST_BYTES {
         return Err(Error::ManifestTooLarge {
             reference: reference.to_string(),
-            size: bytes.len(),
+            size: bytes.len() as u64,
         });
     }
     let document: Document =
@@ -158,6 +166,7 @@ pub fn parse(bytes: &[u8], hint: Option<&str>, reference: &str) -> Result<(Strin
         }
     };
 
+    check_digests(&document, reference)?;
     let parsed = match kind_of(&media_type) {
         Some(Kind::Index) => Parsed::Index {
             manifests: document.manifests.unwrap_or_default(),
@@ -183,6 +192,34 @@ pub fn parse(bytes: &[u8], hint: Option<&str>, reference: &str) -> Result<(Strin
     Ok((media_type, parsed))
 }
 
+/// Checks every digest a manifest refers to. They become URL path segments, so an invalid one
+/// is rejected before any request.
+fn check_digests(document: &Document, reference: &str) -> Result<(), Error> {
+    let descriptors = document
+        .manifests
+        .iter()
+        .flatten()
+        .chain(document.config.iter())
+        .chain(document.layers.iter().flatten())
+        .chain(document.subject.iter());
+    for descriptor in descriptors {
+        digest::parse(&descriptor.digest).map_err(|reason| Error::InvalidManifest {
+            reference: reference.to_string(),
+            reason: format!(
+                "descriptor digest {:?} is invalid: {reason}",
+                descriptor.digest
+            ),
+        })?;
+    }
+    Ok(())
+}
+
+/// True for the media types of non-distributable layers: Docker's foreign layers and the
+/// OCI non-distributable layer types (deprecated in OCI image spec 1.1).
+pub fn is_foreign(media_type: &str) -> bool {
+    media_type.contains(".foreign.") || media_type.contains(".nondistributable.")
+}
+
 /// Returns true for an index entry that describes an attestation of another entry, as BuildKit
 /// writes them: platform `unknown/unknown` plus a reference annotation.
 pub fn attestation_target(descriptor: &Descriptor) -> Option<&str> {
@@ -203,11 +240,46 @@ pub fn attestation_target(descriptor: &Descriptor) -> Option<&str> {
 mod tests {
     use super::*;
 
+    const DIGEST_A: &str =
+        "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+    #[test]
+    fn parse_rejects_invalid_digests() {
+        for digest in [
+            "sha256:aa",
+            "sha256:../../v2/x",
+            "md5:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        ] {
+            let body = format!(
+                r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":
+                {{"digest":"{DIGEST_A}","size":1}},"layers":[{{"digest":"{digest}","size":1}}]}}"#
+            );
+            let error = parse(body.as_bytes(), None, "r").unwrap_err();
+            assert!(
+                matches!(error, Error::InvalidManifest { .. }),
+                "{digest}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn platform_display_keeps_os_version() {
+        let platform = Platform {
+            os: "windows".into(),
+            architecture: "amd64".into(),
+            variant: None,
+            os_version: Some("10.0.20348.2227".into()),
+        };
+        assert_eq!(platform.to_string(), "windows(10.0.20348.2227)/amd64");
+    }
+
     #[test]
     fn parse_index_without_media_type() {
-        let body = br#"{"schemaVersion":2,"manifests":[{"digest":"sha256:aa","size":3,
-            "platform":{"os":"linux","architecture":"arm","variant":"v7"}}]}"#;
-        let (media_type, parsed) = parse(body, None, "r").unwrap();
+        let body = format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"digest":"{DIGEST_A}","size":3,
+            "platform":{{"os":"linux","architecture":"arm","variant":"v7"}}}}]}}"#
+        );
+        let (media_type, parsed) = parse(body.as_bytes(), None, "r").unwrap();
         assert_eq!(media_type, OCI_INDEX);
         let Parsed::Index { manifests } = parsed else {
             panic!("expected an index")
@@ -240,10 +312,12 @@ mod tests {
 
     #[test]
     fn parse_rejects_unknown_type() {
-        let body = br#"{"schemaVersion":2,"mediaType":"application/x-unknown","config":
-            {"digest":"sha256:aa","size":1}}"#;
+        let body = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/x-unknown","config":
+            {{"digest":"{DIGEST_A}","size":1}}}}"#
+        );
         assert!(matches!(
-            parse(body, None, "r"),
+            parse(body.as_bytes(), None, "r"),
             Err(Error::UnsupportedManifest { .. })
         ));
     }

@@ -6,13 +6,19 @@
 //! Kubernetes; the CLI and the controller both drive it through [`copy_image`].
 
 pub mod auth;
+mod client;
+pub mod digest;
 pub mod error;
 mod fetch;
+mod gate;
 pub mod manifest;
 pub mod plan;
 pub mod reference;
 pub mod registry;
+mod stream;
+mod token;
 mod transfer;
+mod upload;
 
 use serde::Serialize;
 use std::sync::Arc;
@@ -20,13 +26,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tracing::{debug, info, instrument};
 
 pub use auth::{Credential, DockerConfig};
-pub use error::{Error, ErrorKind};
+pub use error::{Error, ErrorKind, Failure};
+pub use plan::ForeignLayers;
 pub use reference::{ImageRef, PlatformFilter};
 pub use registry::ConnectOptions;
+pub use upload::{DEFAULT_CHUNK_SIZE, UploadMode};
 
 use fetch::Fetch;
 use plan::{Content, Node};
-use registry::Registry;
+use registry::{Access, Registry};
 use transfer::Ends;
 
 /// Default number of blob and manifest transfers in flight at once.
@@ -50,6 +58,13 @@ pub struct CopyRequest {
     /// When the source and the target tag still resolve to them, the copy ends after two
     /// HEAD requests and reports `unchanged` with no platforms listed.
     pub previous: Option<PreviousCopy>,
+    /// How blobs are sent to the target: one streaming PUT (the default, falling back to
+    /// chunks after a 413) or always in chunks.
+    pub upload_mode: UploadMode,
+    /// Bytes per PATCH of a chunked upload; it bounds the memory one upload holds.
+    pub chunk_size: usize,
+    /// Whether non-distributable (foreign) layers are left out (the default) or copied.
+    pub foreign_layers: ForeignLayers,
 }
 
 /// The digests an earlier copy left: the source digest and the digest of the target tag.
@@ -72,6 +87,9 @@ impl CopyRequest {
             jobs: DEFAULT_JOBS,
             force: false,
             previous: None,
+            upload_mode: UploadMode::default(),
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            foreign_layers: ForeignLayers::default(),
         }
     }
 }
@@ -149,14 +167,14 @@ pub async fn copy_image(
         &request.source,
         request.source_credential.as_ref(),
         &request.connect,
-    )
-    .await?;
+        Access::Pull,
+    )?;
     let target = Registry::connect(
         &request.target,
         request.target_credential.as_ref(),
         &request.connect,
-    )
-    .await?;
+        Access::Push,
+    )?;
 
     if let Some(previous) = request.previous.as_ref().filter(|_| !request.force)
         && let Some(report) = check_previous(request, previous, &source, &target).await?
@@ -194,7 +212,10 @@ pub async fn copy_image(
 
     let tag_reference = request.target.tag_only().expect("target tag checked above");
     if !request.force
-        && target.head_manifest(&tag_reference).await?.as_deref() == Some(&root.digest)
+        && target
+            .head_manifest(&tag_reference)
+            .await?
+            .is_some_and(|found| digest::matches(&root.bytes, &found))
     {
         debug!(digest = %root.digest, "Target tag already has the digest");
         report.unchanged = true;
@@ -203,7 +224,7 @@ pub async fn copy_image(
     }
 
     fetch::fetch_children(&source, &request.source, &mut root, Fetch::Everything).await?;
-    let push_plan = plan::plan_pushes(&root)?;
+    let push_plan = plan::plan_pushes(&root, request.foreign_layers)?;
     report.platforms = list_platforms(&source, &request.source, &root).await?;
     progress
         .platforms
@@ -221,6 +242,8 @@ pub async fn copy_image(
         can_mount: request.source.same_registry(&request.target)
             && request.source.repository() != request.target.repository()
             && request.source_credential == request.target_credential,
+        upload_mode: request.upload_mode,
+        chunk_size: request.chunk_size,
     };
     let blobs = transfer::copy_blobs(&ends, &push_plan, request.jobs, progress).await?;
     let (pushed, skipped) =

@@ -9,7 +9,7 @@ use sha2::{Digest as _, Sha256};
 use std::collections::{BTreeSet, HashSet};
 
 use super::error::Error;
-use super::manifest::{Descriptor, Kind, attestation_target, kind_of};
+use super::manifest::{Descriptor, Kind, attestation_target, is_foreign, kind_of};
 use super::reference::PlatformFilter;
 
 /// A manifest or index with its exact bytes and, for an index, its entries.
@@ -249,12 +249,27 @@ fn collect_platforms(node: &Node, found: &mut Vec<(String, String)>) {
     }
 }
 
+/// What to do with non-distributable (foreign) layers, whose manifests point at download
+/// URLs outside the registry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ForeignLayers {
+    /// Leave them out, as registries and Docker do: the target gets the manifest, which still
+    /// names the URLs, and clients download the layers from there. Registries accept such
+    /// manifests without the blob (distribution checks only that the URLs are valid).
+    #[default]
+    Skip,
+    /// Copy them into the target, from the source registry if it has them, else from their
+    /// URLs (without credentials). This contacts whatever hosts the manifest names, and the
+    /// layer's license may not allow redistribution.
+    Copy,
+}
+
 /// What to push, in order: blobs (any order), then manifest levels deepest first, then the root.
 #[derive(Debug, Default)]
 pub struct PushPlan {
     /// Each blob once, however many manifests use it.
     pub blobs: Vec<Descriptor>,
-    /// Non-distributable layers, which registries do not serve and are left out.
+    /// Non-distributable layers left out under [`ForeignLayers::Skip`].
     pub foreign_layers: usize,
     /// Child manifests by depth, the deepest level first. A level's manifests may be pushed
     /// concurrently, as they do not refer to each other.
@@ -263,11 +278,17 @@ pub struct PushPlan {
 
 /// Lists the pushes for a fully fetched tree. Returns an error naming the first unfetched
 /// entry, which would otherwise be missing from the target.
-pub fn plan_pushes(root: &Node) -> Result<PushPlan, Error> {
+pub fn plan_pushes(root: &Node, foreign: ForeignLayers) -> Result<PushPlan, Error> {
     let mut plan = PushPlan::default();
     let mut seen_blobs = BTreeSet::new();
     let mut levels: Vec<Vec<Node>> = Vec::new();
-    walk(root, 0, &mut plan, &mut seen_blobs, &mut levels)?;
+    let mut walker = Walker {
+        plan: &mut plan,
+        seen_blobs: &mut seen_blobs,
+        levels: &mut levels,
+        foreign,
+    };
+    walker.walk(root, 0)?;
 
     // A manifest listed at several depths is pushed once, at its deepest level.
     let mut seen_manifests = HashSet::new();
@@ -283,42 +304,41 @@ pub fn plan_pushes(root: &Node) -> Result<PushPlan, Error> {
     Ok(plan)
 }
 
-fn walk(
-    node: &Node,
-    depth: usize,
-    plan: &mut PushPlan,
-    seen_blobs: &mut BTreeSet<String>,
-    levels: &mut Vec<Vec<Node>>,
-) -> Result<(), Error> {
-    if levels.len() <= depth {
-        levels.push(Vec::new());
-    }
-    levels[depth].push(node.clone());
-    match &node.content {
-        Content::Image { blobs } => {
-            for blob in blobs {
-                if is_foreign(&blob.media_type) {
-                    plan.foreign_layers += 1;
-                } else if seen_blobs.insert(blob.digest.clone()) {
-                    plan.blobs.push(blob.clone());
+struct Walker<'a> {
+    plan: &'a mut PushPlan,
+    seen_blobs: &'a mut BTreeSet<String>,
+    levels: &'a mut Vec<Vec<Node>>,
+    foreign: ForeignLayers,
+}
+
+impl Walker<'_> {
+    fn walk(&mut self, node: &Node, depth: usize) -> Result<(), Error> {
+        if self.levels.len() <= depth {
+            self.levels.push(Vec::new());
+        }
+        self.levels[depth].push(node.clone());
+        match &node.content {
+            Content::Image { blobs } => {
+                for blob in blobs {
+                    if is_foreign(&blob.media_type) && self.foreign == ForeignLayers::Skip {
+                        self.plan.foreign_layers += 1;
+                    } else if self.seen_blobs.insert(blob.digest.clone()) {
+                        self.plan.blobs.push(blob.clone());
+                    }
+                }
+            }
+            Content::Index { children } => {
+                for child in children {
+                    let nested = child.node.as_ref().ok_or_else(|| Error::InvalidManifest {
+                        reference: node.digest.clone(),
+                        reason: format!("entry {} was not fetched", child.descriptor.digest),
+                    })?;
+                    self.walk(nested, depth + 1)?;
                 }
             }
         }
-        Content::Index { children } => {
-            for child in children {
-                let nested = child.node.as_ref().ok_or_else(|| Error::InvalidManifest {
-                    reference: node.digest.clone(),
-                    reason: format!("entry {} was not fetched", child.descriptor.digest),
-                })?;
-                walk(nested, depth + 1, plan, seen_blobs, levels)?;
-            }
-        }
+        Ok(())
     }
-    Ok(())
-}
-
-fn is_foreign(media_type: &str) -> bool {
-    media_type.contains(".foreign.") || media_type.contains(".nondistributable.")
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use oci_client::Reference;
 use std::fmt;
 use std::str::FromStr;
 
+use super::digest;
 use super::error::Error;
 use super::manifest::Platform as DescriptorPlatform;
 
@@ -81,6 +82,11 @@ impl FromStr for ImageRef {
             return Err(invalid("it is empty or has surrounding spaces".to_string()));
         }
         let parsed = Reference::from_str(text).map_err(|error| invalid(error.to_string()))?;
+        // oci-client accepts uppercase hex; the OCI image spec allows lowercase only, and
+        // registries reject the rest.
+        if let Some(digest) = parsed.digest() {
+            digest::parse(digest).map_err(invalid)?;
+        }
         // The distribution grammar allows only lowercase repository names, but oci-client
         // 0.18.0 parses uppercase ones and registries then answer with an unclear error.
         if parsed.repository().chars().any(|c| c.is_ascii_uppercase()) {
@@ -129,10 +135,13 @@ pub fn registry_key(host: &str) -> &str {
     }
 }
 
-/// A platform requested by the user, such as `linux/arm64` or `linux/arm/v7`.
+/// A platform requested by the user, such as `linux/arm64`, `linux/arm/v7`, or
+/// `windows(10.0.20348.2227)/amd64` for one Windows OS version.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlatformFilter {
     pub os: String,
+    /// The `os.version` an entry must have; `None` matches every version.
+    pub os_version: Option<String>,
     pub architecture: String,
     pub variant: Option<String>,
 }
@@ -143,6 +152,11 @@ impl PlatformFilter {
     /// entry with no variant.
     pub fn matches(&self, platform: &DescriptorPlatform) -> bool {
         if platform.os != self.os || platform.architecture != self.architecture {
+            return false;
+        }
+        if let Some(version) = &self.os_version
+            && platform.os_version.as_deref() != Some(version.as_str())
+        {
             return false;
         }
         let entry = normalized_variant(&platform.architecture, platform.variant.as_deref());
@@ -168,22 +182,43 @@ impl FromStr for PlatformFilter {
     type Err = Error;
 
     fn from_str(text: &str) -> Result<Self, Error> {
-        let parts: Vec<&str> = text.split('/').collect();
-        let valid_part = |part: &&str| {
+        let invalid = || {
+            Error::InvalidPlatform {
+            platform: text.to_string(),
+            reason: "expected OS/ARCHITECTURE or OS/ARCHITECTURE/VARIANT, such as linux/arm64, \
+                     with an optional OS version in brackets, such as windows(10.0.20348.2227)/amd64"
+                .to_string(),
+        }
+        };
+        let valid_part = |part: &str| {
             !part.is_empty()
                 && part
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
         };
-        if !(2..=3).contains(&parts.len()) || !parts.iter().all(valid_part) {
-            return Err(Error::InvalidPlatform {
-                platform: text.to_string(),
-                reason: "expected OS/ARCHITECTURE or OS/ARCHITECTURE/VARIANT, such as linux/arm64"
-                    .to_string(),
-            });
+        let parts: Vec<&str> = text.split('/').collect();
+        if !(2..=3).contains(&parts.len()) {
+            return Err(invalid());
+        }
+        let (os, os_version) = match parts[0].split_once('(') {
+            Some((os, rest)) => {
+                let version = rest.strip_suffix(')').ok_or_else(invalid)?;
+                let valid_version = version
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_');
+                if version.is_empty() || !valid_version {
+                    return Err(invalid());
+                }
+                (os, Some(version.to_string()))
+            }
+            None => (parts[0], None),
+        };
+        if !valid_part(os) || !parts[1..].iter().all(|part| valid_part(part)) {
+            return Err(invalid());
         }
         Ok(PlatformFilter {
-            os: parts[0].to_string(),
+            os: os.to_string(),
+            os_version,
             architecture: parts[1].to_string(),
             variant: parts.get(2).map(|v| v.to_string()),
         })
@@ -192,7 +227,11 @@ impl FromStr for PlatformFilter {
 
 impl fmt::Display for PlatformFilter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
+        write!(f, "{}", self.os)?;
+        if let Some(version) = &self.os_version {
+            write!(f, "({version})")?;
+        }
+        write!(f, "/{}", self.architecture)?;
         if let Some(variant) = &self.variant {
             write!(f, "/{variant}")?;
         }
@@ -249,6 +288,8 @@ mod tests {
             "repo:tag:tag",
             "repo@sha256:short",
             "a//b",
+            "repo@sha256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "repo@md5:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
         ] {
             let error = text.parse::<ImageRef>().unwrap_err();
             assert!(
@@ -263,7 +304,19 @@ mod tests {
         let filter: PlatformFilter = "linux/arm/v7".parse().unwrap();
         assert_eq!(filter.variant.as_deref(), Some("v7"));
         assert_eq!(filter.to_string(), "linux/arm/v7");
-        for bad in ["linux", "linux/", "/arm64", "linux/arm/v7/x", "linux arm64"] {
+        let windows: PlatformFilter = "windows(10.0.20348.2227)/amd64".parse().unwrap();
+        assert_eq!(windows.os, "windows");
+        assert_eq!(windows.os_version.as_deref(), Some("10.0.20348.2227"));
+        assert_eq!(windows.to_string(), "windows(10.0.20348.2227)/amd64");
+        for bad in [
+            "linux",
+            "linux/",
+            "/arm64",
+            "linux/arm/v7/x",
+            "linux arm64",
+            "windows()/amd64",
+            "windows(10/amd64",
+        ] {
             assert!(bad.parse::<PlatformFilter>().is_err(), "{bad}");
         }
     }
@@ -276,6 +329,18 @@ mod tests {
             variant: variant.map(str::to_string),
             os_version: None,
         };
+        let windows = |version: &str| DescriptorPlatform {
+            os: "windows".into(),
+            architecture: "amd64".into(),
+            variant: None,
+            os_version: Some(version.into()),
+        };
+        let any_windows: PlatformFilter = "windows/amd64".parse().unwrap();
+        assert!(any_windows.matches(&windows("10.0.17763.1")));
+        assert!(any_windows.matches(&windows("10.0.20348.1")));
+        let one_windows: PlatformFilter = "windows(10.0.20348.1)/amd64".parse().unwrap();
+        assert!(one_windows.matches(&windows("10.0.20348.1")));
+        assert!(!one_windows.matches(&windows("10.0.17763.1")));
         let arm64: PlatformFilter = "linux/arm64".parse().unwrap();
         assert!(arm64.matches(&entry("arm64", Some("v8"))));
         assert!(arm64.matches(&entry("arm64", None)));

@@ -1,29 +1,29 @@
 //! Writes the target: blobs, then child manifests, then the root by tag.
 //!
 //! Each blob is checked in the target first, mounted when source and target share a
-//! registry, and otherwise streamed from source to target: oci-client hashes the bytes as
-//! they pass and ends the stream with an error on a mismatch, so the upload is never
-//! committed, and the registry checks the digest again before it accepts the blob.
+//! registry, and otherwise streamed from source to target. The engine hashes the bytes as they
+//! pass and ends the stream with an error on a size or digest mismatch, so the upload is never
+//! committed, and the registry checks the digest again before it accepts the blob. A blob
+//! whose copy fails on the way (a broken connection, a 5xx) is copied again on its own.
 
 use backon::{ExponentialBuilder, Retryable};
-use bytes::Bytes;
-use futures::{Stream, StreamExt, TryStreamExt};
-use std::io;
-use std::pin::Pin;
+use futures::{StreamExt, TryStreamExt};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tracing::{debug, info, warn};
 
-use super::error::Error;
-use super::manifest::Descriptor;
+use super::digest;
+use super::error::{Error, Failure};
+use super::manifest::{Descriptor, is_foreign};
 use super::plan::{Node, PushPlan};
 use super::reference::ImageRef;
-use super::registry::Registry;
+use super::registry::{Mount, Registry};
+use super::stream::{FailureSlot, SourceFailure, Verified};
+use super::upload::UploadMode;
 use super::{BlobCounts, Progress};
 
-/// The two ends of a copy.
+/// The two ends of a copy and how to write the target.
 pub struct Ends<'a> {
     pub source: &'a Registry,
     pub source_image: &'a ImageRef,
@@ -31,6 +31,9 @@ pub struct Ends<'a> {
     pub target_image: &'a ImageRef,
     /// True when blobs can be mounted from the source repository.
     pub can_mount: bool,
+    pub upload_mode: UploadMode,
+    /// Bytes per PATCH of a chunked upload.
+    pub chunk_size: usize,
 }
 
 /// What happened to one blob.
@@ -40,7 +43,7 @@ enum BlobOutcome {
     Copied(u64),
 }
 
-/// Retry policy for one unit of work: a manifest request or a whole blob copy.
+/// Retry policy for one blob copy, on top of the retries of single requests.
 pub fn retry_policy() -> ExponentialBuilder {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(200))
@@ -97,11 +100,23 @@ async fn copy_blob_with_retry(
         .retry(retry_policy())
         .when(Error::is_retryable)
         .notify(|error, delay| {
-            warn!(digest = %blob.digest, %error, ?delay, "Retrying blob copy");
+            warn!(digest = %blob.digest, error = %error_chain(error), ?delay, "Retrying blob copy");
         })
         .await?;
     progress.blobs_done.fetch_add(1, Ordering::Relaxed);
     Ok(outcome)
+}
+
+/// Formats an error with its causes on one line, for logs.
+fn error_chain(error: &Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 async fn copy_blob(
@@ -110,30 +125,131 @@ async fn copy_blob(
     progress: &Arc<Progress>,
 ) -> Result<BlobOutcome, Error> {
     let digest = blob.digest.as_str();
+    let repository = ends.target_image.repository();
     let target_ref = ends.target_image.with_digest(digest);
     if ends.target.blob_exists(&target_ref, digest).await? {
         debug!(%digest, "Blob already in target");
         return Ok(BlobOutcome::Skipped);
     }
 
-    let source_ref = ends.source_image.with_digest(digest);
-    if ends.can_mount
-        && ends
+    let mut session = None;
+    if ends.can_mount {
+        let source_ref = ends.source_image.with_digest(digest);
+        match ends
             .target
             .mount_blob(&target_ref, &source_ref, digest)
             .await
-    {
-        debug!(%digest, "Blob mounted");
-        return Ok(BlobOutcome::Mounted);
+        {
+            Mount::Mounted => {
+                debug!(%digest, "Blob mounted");
+                return Ok(BlobOutcome::Mounted);
+            }
+            Mount::Upload(upload) => session = Some(upload),
+            Mount::NotMounted => {}
+        }
     }
 
-    let stream = ends.source.pull_blob(&source_ref, digest).await?;
-    let counted = SizeCheck::new(stream, blob.size, digest.to_string(), progress.clone());
-    ends.target
-        .push_blob(&target_ref, counted, digest, blob.size)
-        .await?;
-    debug!(%digest, size = blob.size, "Blob copied");
-    Ok(BlobOutcome::Copied(blob.size))
+    let mut chunked = ends.upload_mode == UploadMode::Chunked
+        || blob.size >= ends.target.chunked_from.load(Ordering::Relaxed);
+    loop {
+        let upload = match session.take() {
+            Some(upload) => upload,
+            None => ends.target.start_upload(repository).await?,
+        };
+        let slot = FailureSlot::default();
+        let stream = open_source(ends, blob).await?;
+        let verified = Verified::new(stream, digest, blob.size, progress.clone(), slot.clone())
+            .map_err(|reason| Error::InvalidManifest {
+                reference: ends.source_image.to_string(),
+                reason: format!("blob digest {digest:?} is invalid: {reason}"),
+            })?;
+        let result = if chunked {
+            ends.target
+                .put_blob_chunks(repository, upload, digest, ends.chunk_size, verified)
+                .await
+        } else {
+            ends.target
+                .put_blob_stream(repository, upload, digest, blob.size, verified)
+                .await
+        };
+        let error = match result {
+            Ok(()) => {
+                debug!(%digest, size = blob.size, chunked, "Blob copied");
+                return Ok(BlobOutcome::Copied(blob.size));
+            }
+            Err(error) => error,
+        };
+        // The upload saw only an I/O error when the source side failed; report the cause.
+        if let Some(failure) = slot.lock().expect("failure slot poisoned").take() {
+            return Err(source_error(ends, blob, failure));
+        }
+        if !chunked && error.status() == Some(413) {
+            ends.target
+                .chunked_from
+                .fetch_min(blob.size, Ordering::Relaxed);
+            warn!(
+                %digest,
+                size = blob.size,
+                chunk_size = ends.chunk_size,
+                "Target rejected the blob as too large for one request, uploading it in chunks"
+            );
+            chunked = true;
+            continue;
+        }
+        return Err(error);
+    }
+}
+
+/// Opens a blob of the source. A foreign layer that the source registry does not have is
+/// fetched from its URLs.
+async fn open_source(
+    ends: &Ends<'_>,
+    blob: &Descriptor,
+) -> Result<futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>, Error> {
+    let digest = blob.digest.as_str();
+    let source_ref = ends.source_image.with_digest(digest);
+    let from_registry = ends.source.pull_blob(&source_ref, digest).await;
+    if !is_foreign(&blob.media_type) || blob.urls.is_empty() {
+        return from_registry;
+    }
+    let mut last = match from_registry {
+        Err(error @ Error::NotFound { .. }) => error,
+        other => return other,
+    };
+    for url in &blob.urls {
+        match ends.source.pull_url(url, digest).await {
+            Ok(stream) => {
+                debug!(%digest, "Fetching foreign layer from its URL");
+                return Ok(stream);
+            }
+            Err(error) => {
+                warn!(%digest, error = %error_chain(&error), "Foreign layer URL failed");
+                last = error;
+            }
+        }
+    }
+    Err(last)
+}
+
+fn source_error(ends: &Ends<'_>, blob: &Descriptor, failure: SourceFailure) -> Error {
+    let reference = ends.source_image.with_digest(&blob.digest).whole();
+    match failure {
+        SourceFailure::Digest { expected, actual } => Error::DigestMismatch {
+            reference,
+            expected,
+            actual,
+        },
+        SourceFailure::Size { expected, actual } => Error::DigestMismatch {
+            reference,
+            expected: format!("{expected} bytes"),
+            actual: format!("{actual} bytes"),
+        },
+        SourceFailure::Interrupted(reason) => Error::Registry {
+            action: "fetch blob from",
+            reference,
+            source: Failure::SourceStream(reason),
+        },
+    }
 }
 
 /// Pushes child manifests level by level, deepest first, skipping those already present.
@@ -169,24 +285,22 @@ pub async fn push_manifests(
 
 async fn push_child_manifest(ends: &Ends<'_>, node: &Node) -> Result<bool, Error> {
     let reference = ends.target_image.with_digest(&node.digest);
-    let present = (|| ends.target.head_manifest(&reference))
-        .retry(retry_policy())
-        .when(Error::is_retryable)
-        .await?;
-    if present.as_deref() == Some(node.digest.as_str()) {
+    let present = ends.target.head_manifest(&reference).await?;
+    if present.is_some_and(|found| digest::matches(&node.bytes, &found)) {
         return Ok(false);
     }
-    (|| {
-        ends.target
-            .put_manifest(&reference, node.bytes.clone(), &node.media_type)
-    })
-    .retry(retry_policy())
-    .when(Error::is_retryable)
-    .await?;
+    ends.target
+        .put_manifest(
+            &reference,
+            node.bytes.clone(),
+            &node.media_type,
+            &node.digest,
+        )
+        .await?;
     Ok(true)
 }
 
-/// Pushes the root by tag, last, and checks that the tag now resolves to its digest.
+/// Pushes the root by tag, last, and checks that the tag now returns the same bytes.
 pub async fn push_root(ends: &Ends<'_>, root: &Node) -> Result<(), Error> {
     let tag_reference = ends
         .target_image
@@ -194,87 +308,37 @@ pub async fn push_root(ends: &Ends<'_>, root: &Node) -> Result<(), Error> {
         .ok_or_else(|| Error::TargetWithoutTag {
             reference: ends.target_image.to_string(),
         })?;
-    (|| {
-        ends.target
-            .put_manifest(&tag_reference, root.bytes.clone(), &root.media_type)
-    })
-    .retry(retry_policy())
-    .when(Error::is_retryable)
-    .await?;
+    let pushed = ends
+        .target
+        .put_manifest(
+            &tag_reference,
+            root.bytes.clone(),
+            &root.media_type,
+            &root.digest,
+        )
+        .await;
+    if let Err(Error::Rejected { reason, .. }) = &pushed {
+        // A registry with immutable tags rejects a tag that points elsewhere; say so.
+        let existing = ends.target.head_manifest(&tag_reference).await?;
+        if let Some(existing) = existing.filter(|d| !digest::matches(&root.bytes, d)) {
+            return Err(Error::TagNotMoved {
+                reference: tag_reference.whole(),
+                existing,
+                reason: reason.clone(),
+            });
+        }
+    }
+    pushed?;
 
-    let resolved = ends.target.head_manifest(&tag_reference).await?;
-    if resolved.as_deref() != Some(root.digest.as_str()) {
+    // Read back by GET and compare bytes: a HEAD answer's digest header may be wrong.
+    let stored = ends.target.get_manifest(&tag_reference).await?;
+    if stored.bytes != root.bytes {
         return Err(Error::DigestMismatch {
             reference: tag_reference.whole(),
             expected: root.digest.clone(),
-            actual: resolved.unwrap_or_else(|| "nothing".to_string()),
+            actual: stored.digest,
         });
     }
     info!(digest = %root.digest, target = %tag_reference.whole(), "Tagged target");
     Ok(())
-}
-
-/// Passes a blob stream through, counting bytes for progress and ending it with an error if
-/// the source sends more or fewer bytes than the descriptor's size.
-struct SizeCheck<S> {
-    inner: S,
-    expected: u64,
-    seen: u64,
-    digest: String,
-    progress: Arc<Progress>,
-    failed: bool,
-}
-
-impl<S> SizeCheck<S> {
-    fn new(inner: S, expected: u64, digest: String, progress: Arc<Progress>) -> Self {
-        SizeCheck {
-            inner,
-            expected,
-            seen: 0,
-            digest,
-            progress,
-            failed: false,
-        }
-    }
-
-    fn size_error(&self) -> io::Error {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "blob {} is {} bytes in its descriptor, but the source sent {} or more",
-                self.digest, self.expected, self.seen
-            ),
-        )
-    }
-}
-
-impl<S> Stream for SizeCheck<S>
-where
-    S: Stream<Item = io::Result<Bytes>> + Unpin,
-{
-    type Item = io::Result<Bytes>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.failed {
-            return Poll::Ready(None);
-        }
-        match Pin::new(&mut self.inner).poll_next(cx) {
-            Poll::Ready(Some(Ok(chunk))) => {
-                self.seen += chunk.len() as u64;
-                self.progress
-                    .bytes
-                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                if self.seen > self.expected {
-                    self.failed = true;
-                    return Poll::Ready(Some(Err(self.size_error())));
-                }
-                Poll::Ready(Some(Ok(chunk)))
-            }
-            Poll::Ready(None) if self.seen != self.expected => {
-                self.failed = true;
-                Poll::Ready(Some(Err(self.size_error())))
-            }
-            other => other,
-        }
-    }
 }

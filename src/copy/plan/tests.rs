@@ -1,11 +1,19 @@
 use super::*;
 use crate::copy::manifest::{OCI_INDEX, OCI_MANIFEST, Parsed, parse};
 
-/// Builds an image node whose bytes name its platform, so each digest differs.
+/// Returns a valid digest made from a label, for blobs that are never read.
+fn fake(label: &str) -> String {
+    sha256_digest(label.as_bytes())
+}
+
+/// Builds an image node whose bytes name its platform, so each digest differs. `layer` is a
+/// label for the layer's digest.
 fn image(platform: &str, layer: &str) -> Node {
+    let config = fake(&format!("c-{platform}"));
+    let layer = fake(layer);
     let bytes = Bytes::from(format!(
         r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":
-        "application/vnd.oci.image.config.v1+json","digest":"sha256:c-{platform}","size":2}},
+        "application/vnd.oci.image.config.v1+json","digest":"{config}","size":2}},
         "layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip",
         "digest":"{layer}","size":10}}]}}"#
     ));
@@ -220,17 +228,17 @@ fn select_filters_nested_index() {
 #[test]
 fn plan_lists_shared_blob_once() {
     let (root, _) = four_platforms_with_attestations();
-    let plan = plan_pushes(&root).unwrap();
+    let plan = plan_pushes(&root, ForeignLayers::Skip).unwrap();
     let shared = plan
         .blobs
         .iter()
-        .filter(|b| b.digest == "sha256:shared")
+        .filter(|b| b.digest == fake("sha256:shared"))
         .count();
     assert_eq!(shared, 1);
     let sbom = plan
         .blobs
         .iter()
-        .filter(|b| b.digest == "sha256:sbom")
+        .filter(|b| b.digest == fake("sha256:sbom"))
         .count();
     assert_eq!(sbom, 1);
     // 8 configs, one shared layer, one attestation layer.
@@ -244,7 +252,7 @@ fn plan_orders_deepest_level_first() {
     let arm64 = image("linux/arm64", "sha256:b");
     let nested = index(vec![(arm64.clone(), Some("linux/arm64"), String::new())]);
     let root = index(vec![(nested.clone(), None, String::new())]);
-    let plan = plan_pushes(&root).unwrap();
+    let plan = plan_pushes(&root, ForeignLayers::Skip).unwrap();
     let order: Vec<&str> = plan
         .manifest_levels
         .iter()
@@ -261,32 +269,45 @@ fn plan_dedups_repeated_children() {
         (amd64.clone(), Some("linux/amd64"), String::new()),
         (amd64.clone(), Some("linux/amd64"), String::new()),
     ]);
-    let plan = plan_pushes(&root).unwrap();
+    let plan = plan_pushes(&root, ForeignLayers::Skip).unwrap();
     assert_eq!(plan.manifest_levels[0].len(), 1);
 }
 
-#[test]
-fn plan_skips_foreign_layers() {
-    let bytes = Bytes::from_static(
-        br#"{"schemaVersion":2,"mediaType":
-        "application/vnd.docker.distribution.manifest.v2+json","config":{"mediaType":
-        "application/vnd.docker.container.image.v1+json","digest":"sha256:c","size":1},
-        "layers":[{"mediaType":"application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
-        "digest":"sha256:f","size":9,"urls":["https://example.invalid/f"]}]}"#,
-    );
+fn image_with_foreign_layer() -> Node {
+    let bytes = Bytes::from(format!(
+        r#"{{"schemaVersion":2,"mediaType":
+        "application/vnd.docker.distribution.manifest.v2+json","config":{{"mediaType":
+        "application/vnd.docker.container.image.v1+json","digest":"{}","size":1}},
+        "layers":[{{"mediaType":"application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+        "digest":"{}","size":9,"urls":["https://example.invalid/f"]}}]}}"#,
+        fake("c"),
+        fake("f")
+    ));
     let (media_type, parsed) = parse(&bytes, None, "t").unwrap();
     let Parsed::Image { config, layers, .. } = parsed else {
         unreachable!()
     };
     let mut blobs = vec![*config];
     blobs.extend(layers);
-    let node = Node {
+    Node {
         digest: sha256_digest(&bytes),
         media_type,
         bytes,
         content: Content::Image { blobs },
-    };
-    let plan = plan_pushes(&node).unwrap();
+    }
+}
+
+#[test]
+fn plan_skips_foreign_layers() {
+    let plan = plan_pushes(&image_with_foreign_layer(), ForeignLayers::Skip).unwrap();
     assert_eq!(plan.foreign_layers, 1);
     assert_eq!(plan.blobs.len(), 1);
+}
+
+#[test]
+fn plan_copies_foreign_layers_on_request() {
+    let plan = plan_pushes(&image_with_foreign_layer(), ForeignLayers::Copy).unwrap();
+    assert_eq!(plan.foreign_layers, 0);
+    assert_eq!(plan.blobs.len(), 2);
+    assert_eq!(plan.blobs[1].urls, ["https://example.invalid/f"]);
 }
