@@ -1,18 +1,855 @@
-//! Registry behaviours that differ from the distribution specification's happy path, each
-//! reproduced with the fault proxy in front of a real registry.
+//! Registry behaviours that differ from the distribution spec's happy path, each reproduced
+//! with the fault proxy (`support::fault_proxy`) in front of a real registry started by
+//! `tests/env/up.sh`, and the engine's answer to it.
 
 mod support;
 
-use support::env;
-use support::fault_proxy::{FaultProxy, Rule};
+use axum::http::StatusCode;
+use pma2docker::copy::{
+    self, ConnectOptions, CopyReport, CopyRequest, Credential, ErrorKind, Progress,
+};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::fault_proxy::{BEARER_SERVICE, BearerPolicy, FaultProxy, Rule, response};
+use support::{Probe, RegistryInfo, env, fixtures, seed, unique_repository};
+
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+/// Starts a proxy in front of the plain-HTTP registry.
+async fn plain_proxy() -> FaultProxy {
+    FaultProxy::start(&format!("http://{}", env().registries.plain.host)).await
+}
+
+/// Starts a proxy in front of the registry with basic authentication.
+async fn auth_proxy() -> FaultProxy {
+    FaultProxy::start(&format!("http://{}", env().registries.auth.host)).await
+}
+
+/// Builds a request that reaches the test registries and `proxies` over plain HTTP, with no
+/// credentials.
+fn request(source: &str, target: &str, proxies: &[&FaultProxy]) -> CopyRequest {
+    let env = env();
+    let mut request = CopyRequest::new(source.parse().unwrap(), target.parse().unwrap());
+    let mut plain_http = vec![
+        env.registries.plain.host.clone(),
+        env.registries.auth.host.clone(),
+    ];
+    plain_http.extend(proxies.iter().map(|proxy| proxy.host()));
+    request.connect = ConnectOptions {
+        plain_http,
+        ..ConnectOptions::default()
+    };
+    request
+}
+
+/// The auth registry's credentials.
+fn auth_credential() -> Credential {
+    let auth = &env().registries.auth;
+    Credential::Basic {
+        username: auth.username.clone().unwrap(),
+        password: auth.password.clone().unwrap(),
+    }
+}
+
+async fn run(request: &CopyRequest) -> Result<CopyReport, copy::Error> {
+    copy::copy_image(request, &Arc::new(Progress::default())).await
+}
+
+/// Formats an error with its whole chain of causes.
+fn chain(error: &copy::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Asserts that every manifest and blob of a fixture is in the target repository, by digest.
+async fn assert_complete(registry: &RegistryInfo, repository: &str, fixture_name: &str) {
+    let fixture = fixtures().image(fixture_name);
+    let probe = Probe::new(registry);
+    for manifest in &fixture.manifests {
+        let bytes = probe.manifest(repository, &manifest.digest).await;
+        let bytes = bytes.unwrap_or_else(|| panic!("manifest {} missing", manifest.digest));
+        assert_eq!(
+            support::sha256(&bytes),
+            manifest.digest,
+            "manifest bytes changed"
+        );
+    }
+    for blob in &fixture.blobs {
+        let found = probe.blob_digest(repository, &blob.digest).await;
+        assert_eq!(
+            found,
+            Some((blob.digest.clone(), blob.size)),
+            "blob {}",
+            blob.digest
+        );
+    }
+}
+
+/// Seeds a fixture into the plain registry and returns its repository.
+fn seed_plain(fixture: &str, prefix: &str) -> String {
+    let repository = unique_repository(prefix);
+    seed(fixture, &env().registries.plain, &repository, "v1");
+    repository
+}
+
+/// Uploads a blob to the plain registry in one POST and PUT and returns its digest.
+async fn push_blob(repository: &str, bytes: &[u8]) -> String {
+    let host = &env().registries.plain.host;
+    let digest = support::sha256(bytes);
+    let http = reqwest::Client::new();
+    let started = http
+        .post(format!("http://{host}/v2/{repository}/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 202);
+    let location = started.headers()["location"].to_str().unwrap().to_string();
+    let mut url = reqwest::Url::parse(&location).unwrap();
+    url.query_pairs_mut().append_pair("digest", &digest);
+    let put = http.put(url).body(bytes.to_vec()).send().await.unwrap();
+    assert_eq!(put.status(), 201, "blob upload failed");
+    digest
+}
+
+/// Pushes manifest bytes to the plain registry under `reference` and returns their digest.
+async fn push_manifest(
+    repository: &str,
+    reference: &str,
+    media_type: &str,
+    bytes: &[u8],
+) -> String {
+    let host = &env().registries.plain.host;
+    let response = reqwest::Client::new()
+        .put(format!(
+            "http://{host}/v2/{repository}/manifests/{reference}"
+        ))
+        .header("Content-Type", media_type)
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = response.text().await.unwrap();
+    assert_eq!(status, 201, "manifest push failed: {body}");
+    support::sha256(bytes)
+}
+
+/// Returns an index entry (descriptor) for a manifest of the plain registry.
+async fn entry(
+    repository: &str,
+    digest: &str,
+    media_type: &str,
+    platform: serde_json::Value,
+) -> serde_json::Value {
+    let bytes = Probe::new(&env().registries.plain)
+        .manifest(repository, digest)
+        .await
+        .expect("child manifest exists");
+    serde_json::json!({
+        "mediaType": media_type,
+        "digest": digest,
+        "size": bytes.len(),
+        "platform": platform,
+    })
+}
+
+/// Returns the recorded Accept headers of the engine's manifest reads.
+fn manifest_accepts(proxy: &FaultProxy) -> Vec<String> {
+    proxy
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.header("user-agent")
+                .unwrap_or_default()
+                .starts_with("pma2docker/")
+        })
+        .filter(|r| r.path().contains("/manifests/") && r.method().as_str() != "PUT")
+        .map(|r| r.header("accept").unwrap_or_default().to_string())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading the source
+// ---------------------------------------------------------------------------------------
+
+/// A registry that serves a list or index only to clients that accept its type: a Docker
+/// manifest list becomes the first platform's manifest, an OCI index becomes a 404.
+fn down_converting_proxy_rule(
+    list_digest: String,
+    first_child: String,
+    list_type: &'static str,
+) -> Rule {
+    Rule::new("*", "/v2/*/manifests/*")
+        .when(move |head| {
+            let accept = head.header("accept").unwrap_or_default();
+            head.method.as_str() != "PUT" && !accept.contains(list_type)
+        })
+        .handle(move |exchange| {
+            let list_digest = list_digest.clone();
+            let first_child = first_child.clone();
+            async move {
+                let by_digest = exchange.head.path.ends_with(&list_digest);
+                let is_tag = !exchange.head.path.contains("/manifests/sha256:");
+                if list_type == OCI_INDEX && (is_tag || by_digest) {
+                    return support::fault_proxy::response(
+                        axum::http::StatusCode::NOT_FOUND,
+                        &[("Content-Type", "application/json")],
+                        r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#,
+                    );
+                }
+                if is_tag || by_digest {
+                    let path = exchange
+                        .head
+                        .path
+                        .rsplit_once("/manifests/")
+                        .unwrap()
+                        .0
+                        .to_string();
+                    let child = format!("{path}/manifests/{first_child}");
+                    return exchange
+                        .upstream
+                        .send(
+                            &exchange.head.method,
+                            &child,
+                            &exchange.head.headers,
+                            axum::body::Body::empty(),
+                        )
+                        .await;
+                }
+                exchange.forward().await
+            }
+        })
+}
 
 #[tokio::test]
-async fn proxy_forwards_and_counts() {
-    let env = env();
-    let proxy = FaultProxy::start(&format!("http://{}", env.registries.plain.host)).await;
-    let handle = proxy.add(Rule::new("GET", "/v2/").status(418));
-    let response = reqwest::get(format!("{}/v2/", proxy.url())).await.unwrap();
-    assert_eq!(response.status(), 418);
-    assert_eq!(handle.applied(), 1);
-    assert_eq!(proxy.count("GET", "/v2/"), 1);
+async fn list_without_accept_type_still_copied_whole() {
+    for (fixture_name, list_type) in [
+        ("multiarch-docker", DOCKER_LIST),
+        ("multiarch-oci", OCI_INDEX),
+    ] {
+        let fixture = fixtures().image(fixture_name);
+        let source_repository = seed_plain(fixture_name, "compat/downconvert");
+        let proxy = plain_proxy().await;
+        let rule = proxy.add(down_converting_proxy_rule(
+            fixture.digest.clone(),
+            fixture.platforms[0].digest.clone(),
+            list_type,
+        ));
+        // The rule must be able to fire: a request without the list type is down-converted.
+        let probe = reqwest::Client::new()
+            .get(format!("{}/v2/{source_repository}/manifests/v1", proxy.url()))
+            .header("Accept", "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json")
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(
+            support::sha256(&probe.bytes().await.unwrap()),
+            fixture.digest,
+            "{fixture_name}: the proxy must down-convert without the list type"
+        );
+        assert_eq!(rule.applied(), 1);
+
+        let target_repository = unique_repository("compat/downconvert-dst");
+        let source = format!("{}/{source_repository}:v1", proxy.host());
+        let target = format!("{}/{target_repository}:v1", env().registries.plain.host);
+        let report = run(&request(&source, &target, &[&proxy])).await.unwrap();
+
+        assert_eq!(report.source_digest, fixture.digest, "{fixture_name}");
+        assert_eq!(report.target_digest, fixture.digest, "{fixture_name}");
+        assert_eq!(
+            report.platforms.len(),
+            fixture.platforms.len(),
+            "{fixture_name}"
+        );
+        assert_eq!(
+            rule.applied(),
+            1,
+            "{fixture_name}: the engine's requests were not down-converted"
+        );
+        let accepts = manifest_accepts(&proxy);
+        assert!(!accepts.is_empty(), "{fixture_name}");
+        for accept in accepts {
+            for media_type in [OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST] {
+                assert!(
+                    accept.contains(media_type),
+                    "Accept {accept:?} lacks {media_type}"
+                );
+            }
+        }
+        assert_complete(&env().registries.plain, &target_repository, fixture_name).await;
+    }
+}
+
+#[tokio::test]
+async fn content_digest_header_missing_or_wrong_trusts_bytes() {
+    let fixture = fixtures().image("multiarch-oci");
+    let wrong = format!("sha256:{}", "e".repeat(64));
+    for variant in ["missing", "wrong"] {
+        let source_repository = seed_plain("multiarch-oci", "compat/dcd");
+        let proxy = plain_proxy().await;
+        let rule = Rule::new("*", "/v2/*/manifests/*");
+        let rule = match variant {
+            "missing" => rule.remove_response_header("docker-content-digest"),
+            _ => rule.response_header("docker-content-digest", &wrong),
+        };
+        let handle = proxy.add(rule);
+        let target_repository = unique_repository("compat/dcd-dst");
+        let source = format!("{}/{source_repository}:v1", proxy.host());
+        // The target goes through the proxy too, so its answers carry the same fault.
+        let target = format!("{}/{target_repository}:v1", proxy.host());
+
+        let report = run(&request(&source, &target, &[&proxy])).await.unwrap();
+        assert_eq!(report.target_digest, fixture.digest, "{variant}");
+        assert!(handle.applied() > 0, "{variant}");
+        assert_complete(&env().registries.plain, &target_repository, "multiarch-oci").await;
+
+        // A digest-pinned source is checked against the bytes, whatever the header says.
+        let pinned = format!("{}/{source_repository}@{}", proxy.host(), fixture.digest);
+        let report = run(&request(&pinned, &target, &[&proxy])).await.unwrap();
+        assert_eq!(report.source_digest, fixture.digest, "{variant}");
+    }
+}
+
+#[tokio::test]
+async fn pinned_digest_mismatch_rejected() {
+    let fixture = fixtures().image("multiarch-oci");
+    let source_repository = seed_plain("multiarch-oci", "compat/pin");
+    let other = fixtures().image("single");
+    let other_repository = seed_plain("single", "compat/pin-other");
+    let other_bytes = Probe::new(&env().registries.plain)
+        .manifest(&other_repository, "v1")
+        .await
+        .unwrap();
+
+    // The proxy answers the pinned digest with other bytes and a header that claims the pin.
+    let proxy = plain_proxy().await;
+    proxy.add(
+        Rule::new(
+            "GET",
+            &format!("/v2/{source_repository}/manifests/{}", fixture.digest),
+        )
+        .respond(
+            200,
+            &[
+                ("Content-Type", OCI_MANIFEST),
+                ("Docker-Content-Digest", &fixture.digest),
+            ],
+            other_bytes.clone(),
+        ),
+    );
+    let target_repository = unique_repository("compat/pin-dst");
+    let pinned = format!("{}/{source_repository}:v1@{}", proxy.host(), fixture.digest);
+    let target = format!("{}/{target_repository}:v1", env().registries.plain.host);
+
+    let error = run(&request(&pinned, &target, &[&proxy]))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::DigestMismatch, "{}", chain(&error));
+    assert!(chain(&error).contains(&other.digest), "{}", chain(&error));
+    let probe = Probe::new(&env().registries.plain);
+    assert_eq!(probe.manifest_digest(&target_repository, "v1").await, None);
+}
+
+#[tokio::test]
+async fn manifest_head_404_or_405_uses_get() {
+    let fixture = fixtures().image("multiarch-docker");
+    for status in [405u16, 404] {
+        let source_repository = seed_plain("multiarch-docker", "compat/head");
+        let proxy = plain_proxy().await;
+        let head_rule = proxy.add(Rule::new("HEAD", "/v2/*/manifests/*").respond(status, &[], ""));
+        let target_repository = unique_repository("compat/head-dst");
+        let source = format!("{}/{source_repository}:v1", proxy.host());
+        let target = format!("{}/{target_repository}:v1", proxy.host());
+
+        let first = run(&request(&source, &target, &[&proxy])).await.unwrap();
+        assert_eq!(first.target_digest, fixture.digest, "HEAD {status}");
+        assert!(head_rule.applied() > 0, "HEAD {status}");
+        assert_complete(
+            &env().registries.plain,
+            &target_repository,
+            "multiarch-docker",
+        )
+        .await;
+
+        // With the earlier digests given, a registry without HEAD still lets the copy see
+        // that nothing changed; a registry that answers HEAD with 404 costs a full check.
+        let mut again = request(&source, &target, &[&proxy]);
+        again.previous = Some(copy::PreviousCopy {
+            source_digest: first.source_digest.clone(),
+            target_digest: first.target_digest.clone(),
+        });
+        let second = run(&again).await.unwrap();
+        assert_eq!(second.target_digest, fixture.digest, "HEAD {status}");
+        assert_eq!(second.blobs.copied, 0, "HEAD {status}");
+        if status == 405 {
+            assert!(second.unchanged, "HEAD 405");
+        }
+    }
+}
+
+#[tokio::test]
+async fn error_bodies_empty_or_not_json() {
+    let fixture = fixtures().image("single");
+    let source_repository = seed_plain("single", "compat/body");
+    let proxy = plain_proxy().await;
+    // A 500 with an empty body on the first manifest GET is retried.
+    let flaky = proxy.add(
+        Rule::new("GET", "/v2/*/manifests/*")
+            .times(1)
+            .respond(500, &[], ""),
+    );
+    let target_repository = unique_repository("compat/body-dst");
+    let source = format!("{}/{source_repository}:v1", proxy.host());
+    let target = format!("{}/{target_repository}:v1", env().registries.plain.host);
+    let report = run(&request(&source, &target, &[&proxy])).await.unwrap();
+    assert_eq!(report.target_digest, fixture.digest);
+    assert_eq!(flaky.applied(), 1);
+
+    // A 404 with an HTML body is "not found".
+    let html = "<html><body><h1>404 Not Found</h1></body></html>";
+    proxy.add(Rule::new("*", "/v2/compat/missing/*").respond(
+        404,
+        &[("Content-Type", "text/html")],
+        html,
+    ));
+    let missing = format!("{}/compat/missing:v1", proxy.host());
+    let error = run(&request(&missing, &target, &[&proxy]))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::NotFound, "{}", chain(&error));
+
+    // A 401 with a text body and no challenge is an authentication failure.
+    proxy.add(Rule::new("*", "/v2/compat/locked/*").respond(
+        401,
+        &[("Content-Type", "text/plain")],
+        "go away",
+    ));
+    let locked = format!("{}/compat/locked:v1", proxy.host());
+    let error = run(&request(&locked, &target, &[&proxy]))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Authentication, "{}", chain(&error));
+
+    // A rejected push with an empty body says so, with the status.
+    proxy.add(Rule::new("PUT", "/v2/compat/readonly-*/manifests/*").respond(400, &[], ""));
+    let readonly = format!(
+        "{}/{}:v1",
+        proxy.host(),
+        unique_repository("compat/readonly")
+    );
+    let error = run(&request(&source, &readonly, &[&proxy]))
+        .await
+        .unwrap_err();
+    let message = chain(&error);
+    assert!(message.contains("400"), "{message}");
+    assert!(message.contains("empty response body"), "{message}");
+    assert!(!error.is_retryable(), "{message}");
+}
+
+#[tokio::test]
+async fn blob_5xx_and_dropped_connection_retry_that_blob() {
+    let fixture = fixtures().image("multiarch-oci");
+    let source_repository = seed_plain("multiarch-oci", "compat/drop");
+    let mut layers: Vec<_> = fixture
+        .content_blobs()
+        .into_iter()
+        .filter(|b| b.size > 500_000)
+        .collect();
+    layers.sort_by_key(|b| b.digest.clone());
+    let (dropped, failed) = (layers[0].digest.clone(), layers[1].digest.clone());
+
+    let proxy = plain_proxy().await;
+    let drop_rule = proxy.add(
+        Rule::new("GET", &format!("/v2/*/blobs/{dropped}"))
+            .times(1)
+            .drop_after(100_000),
+    );
+    let fail_rule = proxy.add(
+        Rule::new("GET", &format!("/v2/*/blobs/{failed}"))
+            .times(1)
+            .respond(
+                503,
+                &[("Content-Type", "text/html")],
+                "<h1>upstream unavailable</h1>",
+            ),
+    );
+    let target_repository = unique_repository("compat/drop-dst");
+    let source = format!("{}/{source_repository}:v1", proxy.host());
+    let target = format!("{}/{target_repository}:v1", env().registries.plain.host);
+
+    let report = run(&request(&source, &target, &[&proxy])).await.unwrap();
+    assert_eq!(report.target_digest, fixture.digest);
+    assert_eq!(drop_rule.applied(), 1);
+    assert_eq!(fail_rule.applied(), 1);
+    assert_complete(&env().registries.plain, &target_repository, "multiarch-oci").await;
+    for blob in fixture.content_blobs() {
+        let gets = proxy.count("GET", &format!("/v2/*/blobs/{}", blob.digest));
+        let expected = if blob.digest == dropped || blob.digest == failed {
+            2
+        } else {
+            1
+        };
+        assert_eq!(gets, expected, "GETs of blob {}", blob.digest);
+    }
+}
+
+/// Formats a time `seconds_ahead` from now as an HTTP date, with the system's `date`.
+fn http_date_in(seconds_ahead: u64) -> String {
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + seconds_ahead;
+    let output = std::process::Command::new("date")
+        .args(["-u", "-d", &format!("@{at}"), "+%a, %d %b %Y %H:%M:%S GMT"])
+        .env("LC_ALL", "C")
+        .output()
+        .expect("failed to run date");
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+#[tokio::test]
+async fn rate_limit_retry_after_shared_across_copies() {
+    // Both forms mean at least two seconds: an HTTP date has whole seconds, so three seconds
+    // ahead is two seconds or more.
+    let wait = Duration::from_secs(2);
+    for variant in ["seconds", "HTTP date"] {
+        let proxy = plain_proxy().await;
+        let repository_a = seed_plain("multiarch-oci", "compat/limit-a");
+        let repository_b = seed_plain("multiarch-oci", "compat/limit-b");
+        let retry_after = match variant {
+            "seconds" => "2".to_string(),
+            _ => http_date_in(3),
+        };
+        let limited = proxy.add(Rule::new("GET", "/v2/*/manifests/*").times(1).respond(
+            429,
+            &[
+                ("Retry-After", &retry_after),
+                ("Content-Type", "text/plain"),
+            ],
+            "Too Many Requests. Slow down.",
+        ));
+        let plain = &env().registries.plain.host;
+        let copy_a = request(
+            &format!("{}/{repository_a}:v1", proxy.host()),
+            &format!("{plain}/{}:v1", unique_repository("compat/limit-dst")),
+            &[&proxy],
+        );
+        let copy_b = request(
+            &format!("{}/{repository_b}:v1", proxy.host()),
+            &format!("{plain}/{}:v1", unique_repository("compat/limit-dst")),
+            &[&proxy],
+        );
+
+        let (result_a, result_b) = tokio::join!(run(&copy_a), run(&copy_b));
+        result_a.unwrap();
+        result_b.unwrap();
+        assert_eq!(limited.applied(), 1, "{variant}");
+
+        let requests = proxy.requests();
+        let limited_at = requests.iter().find(|r| r.status == 429).unwrap().received;
+        // Requests already on the way when the gate closed may arrive a moment later.
+        let in_flight = Duration::from_millis(200);
+        let early: Vec<String> = requests
+            .iter()
+            .filter(|r| r.received > limited_at + in_flight && r.received < limited_at + wait)
+            .map(|r| format!("{} {}", r.method(), r.path()))
+            .collect();
+        assert!(
+            early.is_empty(),
+            "{variant}: sent during the wait: {early:?}"
+        );
+        for repository in [&repository_a, &repository_b] {
+            let resumed = requests
+                .iter()
+                .any(|r| r.received >= limited_at + wait && r.path().contains(repository.as_str()));
+            assert!(
+                resumed,
+                "{variant}: copy of {repository} did not go on after the wait"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn rate_limit_wait_beyond_limit_fails_clearly() {
+    let proxy = plain_proxy().await;
+    let repository = seed_plain("single", "compat/limit-long");
+    proxy.add(Rule::new("GET", "/v2/*/manifests/*").respond(
+        429,
+        &[("Retry-After", "3600")],
+        "come back in an hour",
+    ));
+    let source = format!("{}/{repository}:v1", proxy.host());
+    let target = format!(
+        "{}/{}:v1",
+        env().registries.plain.host,
+        unique_repository("compat/limit-long-dst")
+    );
+    let started = Instant::now();
+    let error = run(&request(&source, &target, &[&proxy]))
+        .await
+        .unwrap_err();
+    let message = chain(&error);
+    assert!(started.elapsed() < Duration::from_secs(30), "{message}");
+    assert!(message.contains("3600 s"), "{message}");
+    assert!(!error.is_retryable(), "{message}");
+}
+
+#[tokio::test]
+async fn blob_redirect_to_other_host_gets_no_credentials() {
+    let fixture = fixtures().image("single");
+    let source_repository = seed_plain("single", "compat/redirect");
+    // The "object storage" host: another listener, in front of the same registry.
+    let storage = plain_proxy().await;
+    let registry = plain_proxy().await;
+    let auth = registry.require_bearer(BearerPolicy {
+        credentials: Some(("reader".to_string(), "reader-secret-7".to_string())),
+        ..BearerPolicy::default()
+    });
+    let storage_url = storage.url();
+    let redirects = registry.add(Rule::new("GET", "/v2/*/blobs/*").handle(move |exchange| {
+        let location = format!("{storage_url}{}?X-Signature=abc", exchange.head.path);
+        async move {
+            response(
+                StatusCode::TEMPORARY_REDIRECT,
+                &[("Location", &location)],
+                "",
+            )
+        }
+    }));
+    let target_repository = unique_repository("compat/redirect-dst");
+    let source = format!("{}/{source_repository}:v1", registry.host());
+    let target = format!("{}/{target_repository}:v1", env().registries.plain.host);
+    let mut request = request(&source, &target, &[&registry, &storage]);
+    request.source_credential = Some(Credential::Basic {
+        username: "reader".to_string(),
+        password: "reader-secret-7".to_string(),
+    });
+
+    let report = run(&request).await.unwrap();
+    assert_eq!(report.target_digest, fixture.digest);
+    assert_complete(&env().registries.plain, &target_repository, "single").await;
+
+    // Every blob, the config included, came from the storage host, without credentials.
+    let blob_count = fixture.content_blobs().len();
+    assert!(
+        redirects.applied() >= blob_count,
+        "{} redirects",
+        redirects.applied()
+    );
+    let downloads = storage.requests();
+    assert!(downloads.len() >= blob_count);
+    for download in &downloads {
+        assert_eq!(
+            download.header("authorization"),
+            None,
+            "{}",
+            download.path()
+        );
+        assert_eq!(
+            download.head.query_param("X-Signature").as_deref(),
+            Some("abc")
+        );
+    }
+    // The registry itself got the bearer token on the same requests.
+    let with_token = registry
+        .requests()
+        .iter()
+        .filter(|r| r.path().contains("/blobs/"))
+        .filter(|r| {
+            r.header("authorization")
+                .is_some_and(|a| a.starts_with("Bearer "))
+        })
+        .count();
+    assert!(
+        with_token >= blob_count,
+        "{with_token} blob requests with a token"
+    );
+    assert!(!auth.token_requests().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// Tokens and mounts
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn bearer_tokens_scoped_pull_source_push_target() {
+    let source_repository = seed_plain("multiarch-oci", "compat/scope");
+    let target_repository = unique_repository("compat/scope-dst");
+    let source_registry = plain_proxy().await;
+    let target_registry = plain_proxy().await;
+    let source_auth = source_registry.require_bearer(BearerPolicy {
+        credentials: Some(("reader".to_string(), "reader-secret".to_string())),
+        ..BearerPolicy::default()
+    });
+    let target_auth = target_registry.require_bearer(BearerPolicy {
+        credentials: Some(("writer".to_string(), "writer-secret".to_string())),
+        ..BearerPolicy::default()
+    });
+    let source = format!("{}/{source_repository}:v1", source_registry.host());
+    let target = format!("{}/{target_repository}:v1", target_registry.host());
+    let mut request = request(&source, &target, &[&source_registry, &target_registry]);
+    request.source_credential = Some(Credential::Basic {
+        username: "reader".to_string(),
+        password: "reader-secret".to_string(),
+    });
+    request.target_credential = Some(Credential::Basic {
+        username: "writer".to_string(),
+        password: "writer-secret".to_string(),
+    });
+
+    let report = run(&request).await.unwrap();
+    assert_eq!(
+        report.target_digest,
+        fixtures().image("multiarch-oci").digest
+    );
+    assert_complete(&env().registries.plain, &target_repository, "multiarch-oci").await;
+
+    let source_requests = source_auth.token_requests();
+    assert!(!source_requests.is_empty());
+    for token_request in &source_requests {
+        assert_eq!(
+            token_request.scopes,
+            [format!("repository:{source_repository}:pull")]
+        );
+        assert_eq!(token_request.service.as_deref(), Some(BEARER_SERVICE));
+        assert_eq!(token_request.username.as_deref(), Some("reader"));
+    }
+    let target_requests = target_auth.token_requests();
+    assert!(!target_requests.is_empty());
+    for token_request in &target_requests {
+        assert_eq!(
+            token_request.scopes,
+            [format!("repository:{target_repository}:pull,push")]
+        );
+        assert_eq!(token_request.username.as_deref(), Some("writer"));
+    }
+    // One token per side is enough for the whole copy.
+    assert_eq!(source_requests.len(), 1);
+    assert_eq!(target_requests.len(), 1);
+}
+
+#[tokio::test]
+async fn expired_token_renewed_mid_copy() {
+    let source_repository = seed_plain("multiarch-oci", "compat/expire");
+    let target_repository = unique_repository("compat/expire-dst");
+    let registry = plain_proxy().await;
+    // Each token works for five requests, then answers 401 as an expired one would.
+    let auth = registry.require_bearer(BearerPolicy {
+        token_uses: Some(5),
+        ..BearerPolicy::default()
+    });
+    let source = format!("{}/{source_repository}:v1", env().registries.plain.host);
+    let target = format!("{}/{target_repository}:v1", registry.host());
+
+    let report = run(&request(&source, &target, &[&registry])).await.unwrap();
+    assert_eq!(
+        report.target_digest,
+        fixtures().image("multiarch-oci").digest
+    );
+    assert_complete(&env().registries.plain, &target_repository, "multiarch-oci").await;
+    assert!(
+        auth.token_requests().len() > 2,
+        "{} tokens",
+        auth.token_requests().len()
+    );
+    let expired = auth
+        .rejected()
+        .iter()
+        .filter(|r| !r.ends_with("/v2/"))
+        .count();
+    assert!(expired > 1, "{expired} requests with an expired token");
+}
+
+#[tokio::test]
+async fn mount_answered_202_copies_into_that_upload() {
+    let fixture = fixtures().image("multiarch-oci");
+    let source_repository = seed_plain("multiarch-oci", "compat/mount202");
+    let target_repository = unique_repository("compat/mount202-dst");
+    let registry = plain_proxy().await;
+    // The registry opens an upload instead of mounting, as some do by policy.
+    let refused = registry.add(
+        Rule::new("POST", "/v2/*/blobs/uploads/")
+            .when(|head| head.query_param("mount").is_some())
+            .handle(|exchange| async move {
+                let path = exchange.head.path.clone();
+                exchange
+                    .upstream
+                    .send(
+                        &exchange.head.method,
+                        &path,
+                        &exchange.head.headers,
+                        exchange.body,
+                    )
+                    .await
+            }),
+    );
+    let source = format!("{}/{source_repository}:v1", registry.host());
+    let target = format!("{}/{target_repository}:v1", registry.host());
+
+    let report = run(&request(&source, &target, &[&registry])).await.unwrap();
+    let blob_count = fixture.content_blobs().len();
+    assert_eq!(report.target_digest, fixture.digest);
+    assert_eq!(report.blobs.mounted, 0);
+    assert_eq!(report.blobs.copied as usize, blob_count);
+    assert_eq!(refused.applied(), blob_count);
+    // Each blob went into the upload that the mount request opened: no second POST.
+    assert_eq!(registry.count("POST", "/v2/*/blobs/uploads/"), blob_count);
+    assert_eq!(registry.count("PUT", "/v2/*/blobs/uploads/*"), blob_count);
+    assert_complete(&env().registries.plain, &target_repository, "multiarch-oci").await;
+}
+
+#[tokio::test]
+async fn token_for_one_repository_copies_without_mount() {
+    let fixture = fixtures().image("multiarch-oci");
+    let source_repository = seed_plain("multiarch-oci", "compat/onerepo");
+    let target_repository = unique_repository("compat/onerepo-dst");
+    let registry = plain_proxy().await;
+    let auth = registry.require_bearer(BearerPolicy {
+        credentials: Some(("robot".to_string(), "robot-secret".to_string())),
+        one_repository_per_token: true,
+        ..BearerPolicy::default()
+    });
+    let source = format!("{}/{source_repository}:v1", registry.host());
+    let target = format!("{}/{target_repository}:v1", registry.host());
+    let mut request = request(&source, &target, &[&registry]);
+    let credential = Credential::Basic {
+        username: "robot".to_string(),
+        password: "robot-secret".to_string(),
+    };
+    request.source_credential = Some(credential.clone());
+    request.target_credential = Some(credential);
+
+    let report = run(&request).await.unwrap();
+    let blob_count = fixture.content_blobs().len();
+    assert_eq!(report.target_digest, fixture.digest);
+    assert_eq!(report.blobs.mounted, 0);
+    assert_eq!(report.blobs.copied as usize, blob_count);
+    assert_complete(&env().registries.plain, &target_repository, "multiarch-oci").await;
+
+    // The engine asked for both repositories in one token, as a mount needs.
+    let both = auth.token_requests().into_iter().any(|r| {
+        r.scopes
+            .contains(&format!("repository:{target_repository}:pull,push"))
+            && r.scopes
+                .contains(&format!("repository:{source_repository}:pull"))
+    });
+    assert!(both, "{:?}", auth.token_requests());
+    // After the refusal, later blobs did not try to mount again.
+    let mounts = registry
+        .requests()
+        .iter()
+        .filter(|r| r.method().as_str() == "POST" && r.head.query_param("mount").is_some())
+        .count();
+    assert!(mounts <= 2 * copy::DEFAULT_JOBS, "{mounts} mount requests");
 }
