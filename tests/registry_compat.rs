@@ -853,3 +853,468 @@ async fn token_for_one_repository_copies_without_mount() {
         .count();
     assert!(mounts <= 2 * copy::DEFAULT_JOBS, "{mounts} mount requests");
 }
+
+// ---------------------------------------------------------------------------------------
+// Writing the target
+// ---------------------------------------------------------------------------------------
+
+/// How the upload-session rewriter presents upload locations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LocationStyle {
+    /// `http://proxy/sessions/ID?sig=…`
+    Absolute,
+    /// `/sessions/ID`, with no query.
+    AbsolutePath,
+    /// `session-ID?sig=…`, relative to the request URL.
+    Relative,
+    /// `http://other-host/sessions/ID?sig=…`, on a second listener.
+    OtherHost,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct SessionOptions {
+    style: LocationStyle,
+    /// Answer PATCH without a `Location`, so the client must keep the one it has.
+    patch_without_location: bool,
+    /// Write `Range: bytes=0-N` in place of `0-N`.
+    range_with_unit: bool,
+    /// Status of the closing PUT (201 or 204).
+    close_status: u16,
+}
+
+/// A signature the upload URLs carry; a request that lost it is rejected.
+const SESSION_SIGNATURE: &str = "a/b=c";
+
+/// Rewrites the registry's upload sessions into URLs of another shape, and maps requests to
+/// them back to the registry's own session URLs.
+#[derive(Clone, Default)]
+struct Sessions {
+    /// Session id → the registry's current upload path and query.
+    upstream: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
+    count: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Sessions {
+    fn install(&self, registry: &FaultProxy, other: Option<&FaultProxy>, options: SessionOptions) {
+        let registry_url = registry.url();
+        let other_url = other.map(FaultProxy::url).unwrap_or_default();
+        let base = move |options: &SessionOptions| match options.style {
+            LocationStyle::OtherHost => other_url.clone(),
+            _ => registry_url.clone(),
+        };
+        for proxy in std::iter::once(registry).chain(other) {
+            let sessions = self.clone();
+            let base = base.clone();
+            proxy.add(Rule::new("*", "*session*").handle(move |exchange| {
+                let sessions = sessions.clone();
+                let base = base(&options);
+                async move { sessions.serve(exchange, &base, options).await }
+            }));
+        }
+        let sessions = self.clone();
+        let base = base.clone();
+        registry.add(
+            Rule::new("POST", "/v2/*/blobs/uploads/")
+                .when(|head| head.query_param("mount").is_none())
+                .handle(move |exchange| {
+                    let sessions = sessions.clone();
+                    let base = base(&options);
+                    async move {
+                        let path = exchange.head.path_and_query();
+                        let answer = exchange
+                            .upstream
+                            .send_raw(
+                                &exchange.head.method,
+                                &path,
+                                &exchange.head.headers,
+                                exchange.body,
+                            )
+                            .await
+                            .unwrap();
+                        let id = sessions
+                            .count
+                            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                            .to_string();
+                        let location = sessions.remember(&id, &answer);
+                        let shown = session_location(&id, &base, options.style);
+                        let _ = location;
+                        response(
+                            StatusCode::from_u16(answer.status().as_u16()).unwrap(),
+                            &[("Location", &shown), ("Content-Length", "0")],
+                            "",
+                        )
+                    }
+                }),
+        );
+    }
+
+    /// Stores the upload location of a registry answer under `id` and returns it.
+    fn remember(&self, id: &str, answer: &reqwest::Response) -> Option<String> {
+        let location = answer.headers().get("location")?.to_str().ok()?;
+        let url = reqwest::Url::parse(location).ok()?;
+        let path = match url.query() {
+            Some(query) => format!("{}?{query}", url.path()),
+            None => url.path().to_string(),
+        };
+        self.upstream
+            .lock()
+            .unwrap()
+            .insert(id.to_string(), path.clone());
+        Some(path)
+    }
+
+    async fn serve(
+        &self,
+        exchange: support::fault_proxy::Exchange,
+        base: &str,
+        options: SessionOptions,
+    ) -> axum::response::Response {
+        let head = exchange.head.clone();
+        let id = head
+            .path
+            .rsplit(['/', '-'])
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let expects_signature = options.style != LocationStyle::AbsolutePath;
+        if expects_signature && head.query_param("sig").as_deref() != Some(SESSION_SIGNATURE) {
+            return response(
+                StatusCode::BAD_REQUEST,
+                &[],
+                "upload URL lost its signature",
+            );
+        }
+        let Some(mut upstream) = self.upstream.lock().unwrap().get(&id).cloned() else {
+            return response(StatusCode::NOT_FOUND, &[], "no such upload session");
+        };
+        if let Some(digest) = head.query_param("digest") {
+            let separator = if upstream.contains('?') { '&' } else { '?' };
+            upstream = format!("{upstream}{separator}digest={}", digest.replace(':', "%3A"));
+        }
+        let answer = exchange
+            .upstream
+            .send_raw(&head.method, &upstream, &head.headers, exchange.body)
+            .await
+            .unwrap();
+        let status = answer.status();
+        let range = answer
+            .headers()
+            .get("range")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        self.remember(&id, &answer);
+        let mut headers: Vec<(String, String)> = Vec::new();
+        if head.method.as_str() == "PATCH" && status.is_success() {
+            if !options.patch_without_location {
+                headers.push((
+                    "Location".into(),
+                    session_location(&id, base, options.style),
+                ));
+            }
+            if let Some(range) = range {
+                let range = if options.range_with_unit {
+                    format!("bytes={range}")
+                } else {
+                    range
+                };
+                headers.push(("Range".into(), range));
+            }
+        }
+        let status = if head.method.as_str() == "PUT" && status == StatusCode::CREATED {
+            StatusCode::from_u16(options.close_status).unwrap()
+        } else {
+            status
+        };
+        let body = answer.bytes().await.unwrap_or_default();
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        response(status, &headers, body)
+    }
+}
+
+fn session_location(id: &str, base: &str, style: LocationStyle) -> String {
+    let signature = format!(
+        "sig={}",
+        SESSION_SIGNATURE.replace('/', "%2F").replace('=', "%3D")
+    );
+    match style {
+        LocationStyle::Absolute | LocationStyle::OtherHost => {
+            format!("{base}/sessions/{id}?{signature}")
+        }
+        LocationStyle::AbsolutePath => format!("/sessions/{id}"),
+        LocationStyle::Relative => format!("session-{id}?{signature}"),
+    }
+}
+
+#[tokio::test]
+async fn upload_location_relative_absolute_or_with_query() {
+    let styles = [
+        LocationStyle::Absolute,
+        LocationStyle::AbsolutePath,
+        LocationStyle::Relative,
+        LocationStyle::OtherHost,
+    ];
+    for style in styles {
+        for mode in [copy::UploadMode::Streaming, copy::UploadMode::Chunked] {
+            let source_repository = seed_plain("single", "compat/location");
+            let target_repository = unique_repository("compat/location-dst");
+            let registry = plain_proxy().await;
+            let other = plain_proxy().await;
+            let auth = registry.require_bearer(BearerPolicy::default());
+            let sessions = Sessions::default();
+            let options = SessionOptions {
+                style,
+                patch_without_location: false,
+                range_with_unit: false,
+                close_status: 201,
+            };
+            sessions.install(&registry, Some(&other), options);
+            let source = format!("{}/{source_repository}:v1", env().registries.plain.host);
+            let target = format!("{}/{target_repository}:v1", registry.host());
+            let mut request = request(&source, &target, &[&registry, &other]);
+            request.upload_mode = mode;
+            request.chunk_size = 256 * 1024;
+
+            let report = run(&request)
+                .await
+                .unwrap_or_else(|error| panic!("{style:?} {mode:?}: {}", chain(&error)));
+            let blob_count = fixtures().image("single").content_blobs().len();
+            assert_eq!(
+                report.blobs.copied as usize, blob_count,
+                "{style:?} {mode:?}"
+            );
+            assert_eq!(
+                sessions.count.load(std::sync::atomic::Ordering::SeqCst),
+                blob_count
+            );
+            assert_complete(&env().registries.plain, &target_repository, "single").await;
+            assert!(!auth.token_requests().is_empty());
+            if style == LocationStyle::OtherHost {
+                let uploads = other.requests();
+                assert!(uploads.len() >= blob_count, "{mode:?}");
+                for upload in uploads {
+                    assert_eq!(
+                        upload.header("authorization"),
+                        None,
+                        "{mode:?} {}",
+                        upload.path()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn chunked_upload_header_variants() {
+    let source_repository = seed_plain("multiarch-oci", "compat/chunk");
+    let target_repository = unique_repository("compat/chunk-dst");
+    let registry = plain_proxy().await;
+    let sessions = Sessions::default();
+    sessions.install(
+        &registry,
+        None,
+        SessionOptions {
+            style: LocationStyle::AbsolutePath,
+            patch_without_location: true,
+            range_with_unit: true,
+            close_status: 204,
+        },
+    );
+    let source = format!("{}/{source_repository}:v1", env().registries.plain.host);
+    let target = format!("{}/{target_repository}:v1", registry.host());
+    let chunk_size = 256 * 1024;
+    let mut request = request(&source, &target, &[&registry]);
+    request.upload_mode = copy::UploadMode::Chunked;
+    request.chunk_size = chunk_size;
+
+    let report = run(&request).await.unwrap();
+    assert_eq!(
+        report.target_digest,
+        fixtures().image("multiarch-oci").digest
+    );
+    assert_complete(&env().registries.plain, &target_repository, "multiarch-oci").await;
+
+    let requests = registry.requests();
+    let patches: Vec<_> = requests
+        .iter()
+        .filter(|r| r.method().as_str() == "PATCH")
+        .collect();
+    let expected: u64 = fixtures()
+        .image("multiarch-oci")
+        .content_blobs()
+        .iter()
+        .map(|b| b.size.div_ceil(chunk_size as u64))
+        .sum();
+    assert_eq!(patches.len() as u64, expected);
+    for patch in &patches {
+        let length: usize = patch.header("content-length").unwrap().parse().unwrap();
+        assert!(length <= chunk_size, "PATCH of {length} bytes");
+        assert!(patch.header("content-range").is_some());
+    }
+    // Chunked mode never sends a blob in its closing PUT.
+    for put in requests
+        .iter()
+        .filter(|r| r.method().as_str() == "PUT" && r.path().contains("session"))
+    {
+        assert_eq!(put.header("content-length"), Some("0"));
+    }
+}
+
+/// Rejects blob PUTs of more than `limit` bytes with 413, like a front proxy with a body
+/// limit. With `drain`, it reads and drops the body first, as nginx does; without, it
+/// answers at once, and the client may see a broken connection in place of the 413.
+fn body_limit_rule(limit: u64, drain: bool) -> Rule {
+    Rule::new("PUT", "/v2/*/blobs/uploads/*")
+        .when(move |head| {
+            head.header("content-length")
+                .and_then(|v| v.parse::<u64>().ok())
+                .is_some_and(|length| length > limit)
+        })
+        .handle(move |exchange| async move {
+            if drain {
+                let mut body = exchange.body.into_data_stream();
+                while futures::StreamExt::next(&mut body).await.is_some() {}
+            }
+            response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &[("Content-Type", "text/html")],
+                "<html><body>413 Request Entity Too Large</body></html>",
+            )
+        })
+}
+
+#[tokio::test]
+async fn large_blob_put_413_falls_back_to_chunks() {
+    let fixture = fixtures().image("multiarch-oci");
+    let limit: u64 = 200_000;
+    let chunk_size = 128 * 1024;
+    let large: Vec<_> = fixture
+        .content_blobs()
+        .into_iter()
+        .filter(|b| b.size > limit)
+        .collect();
+    for drain in [true, false] {
+        let source_repository = seed_plain("multiarch-oci", "compat/413");
+        let target_repository = unique_repository("compat/413-dst");
+        let registry = plain_proxy().await;
+        let too_large = registry.add(body_limit_rule(limit, drain));
+        let source = format!("{}/{source_repository}:v1", env().registries.plain.host);
+        let target = format!("{}/{target_repository}:v1", registry.host());
+        let mut request = request(&source, &target, &[&registry]);
+        request.chunk_size = chunk_size;
+
+        let report = run(&request).await.unwrap();
+        assert_eq!(report.target_digest, fixture.digest, "drain {drain}");
+        assert_complete(&env().registries.plain, &target_repository, "multiarch-oci").await;
+        assert!(too_large.applied() >= 1, "drain {drain}");
+        let requests = registry.requests();
+        for patch in requests.iter().filter(|r| r.method().as_str() == "PATCH") {
+            let length: usize = patch.header("content-length").unwrap().parse().unwrap();
+            assert!(length <= chunk_size, "PATCH of {length} bytes");
+        }
+        let patched: u64 = requests
+            .iter()
+            .filter(|r| r.method().as_str() == "PATCH")
+            .map(|r| r.header("content-length").unwrap().parse::<u64>().unwrap())
+            .sum();
+        let large_bytes: u64 = large.iter().map(|b| b.size).sum();
+        assert_eq!(
+            patched, large_bytes,
+            "drain {drain}: every large blob went in chunks, once"
+        );
+        // Small blobs still went in one PUT each.
+        for blob in fixture.content_blobs().iter().filter(|b| b.size <= limit) {
+            let single = requests.iter().any(|r| {
+                r.method().as_str() == "PUT"
+                    && r.header("content-length") == Some(blob.size.to_string().as_str())
+            });
+            assert!(single, "blob {} of {} bytes", blob.digest, blob.size);
+        }
+        if drain {
+            // After a 413, larger blobs go in chunks at once; only concurrent uploads that
+            // started before the first 413 are rejected too.
+            assert!(
+                too_large.applied() <= large.len(),
+                "{} rejected PUTs",
+                too_large.applied()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn index_rejected_by_target_names_type() {
+    let source_repository = seed_plain("multiarch-oci", "compat/noindex");
+    let target_repository = unique_repository("compat/noindex-dst");
+    let registry = plain_proxy().await;
+    let body = r#"{"errors":[{"code":"MANIFEST_INVALID","message":"manifest invalid","detail":"media type application/vnd.oci.image.index.v1+json is not supported"}]}"#;
+    let rejected = registry.add(
+        Rule::new("PUT", "/v2/*/manifests/*")
+            .when(|head| head.header("content-type") == Some(OCI_INDEX))
+            .respond(400, &[("Content-Type", "application/json")], body),
+    );
+    let source = format!("{}/{source_repository}:v1", env().registries.plain.host);
+    let target = format!("{}/{target_repository}:v1", registry.host());
+
+    let error = run(&request(&source, &target, &[&registry]))
+        .await
+        .unwrap_err();
+    let message = chain(&error);
+    assert_eq!(rejected.applied(), 1, "{message}");
+    assert!(message.contains("rejected OCI image index"), "{message}");
+    assert!(message.contains(OCI_INDEX), "{message}");
+    assert!(message.contains("MANIFEST_INVALID"), "{message}");
+    assert!(!error.is_retryable(), "{message}");
+    // Nothing else was tried in its place.
+    let other_types = registry
+        .requests()
+        .iter()
+        .filter(|r| r.method().as_str() == "PUT" && r.header("content-type") == Some(DOCKER_LIST))
+        .count();
+    assert_eq!(other_types, 0);
+    let probe = Probe::new(&env().registries.plain);
+    assert_eq!(probe.manifest_digest(&target_repository, "v1").await, None);
+}
+
+#[tokio::test]
+async fn immutable_tag_not_overwritten() {
+    let existing = fixtures().image("single");
+    let target_repository = unique_repository("compat/immutable");
+    seed("single", &env().registries.plain, &target_repository, "v1");
+    let source_repository = seed_plain("multiarch-oci", "compat/immutable-src");
+    let registry = plain_proxy().await;
+    let body = r#"{"errors":[{"code":"TAG_INVALID","message":"The image tag 'v1' already exists and cannot be overwritten because the repository is immutable."}]}"#;
+    registry.add(
+        Rule::new("PUT", &format!("/v2/{target_repository}/manifests/v1")).respond(
+            400,
+            &[("Content-Type", "application/json")],
+            body,
+        ),
+    );
+    let source = format!("{}/{source_repository}:v1", env().registries.plain.host);
+    let target = format!("{}/{target_repository}:v1", registry.host());
+
+    let error = run(&request(&source, &target, &[&registry]))
+        .await
+        .unwrap_err();
+    let message = chain(&error);
+    assert!(
+        matches!(error, copy::Error::TagNotMoved { .. }),
+        "{message}"
+    );
+    assert!(message.contains(&existing.digest), "{message}");
+    assert!(message.contains("TAG_INVALID"), "{message}");
+    assert!(message.contains("immutable"), "{message}");
+    let probe = Probe::new(&env().registries.plain);
+    assert_eq!(
+        probe
+            .manifest_digest(&target_repository, "v1")
+            .await
+            .as_deref(),
+        Some(existing.digest.as_str()),
+        "the tag must still point to the old image"
+    );
+}
