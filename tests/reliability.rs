@@ -6,6 +6,7 @@ use serde_json::json;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use support::cluster::TestNamespace;
+use support::fault_proxy::{FaultProxy, Rule};
 use support::{Probe, RegistryInfo, env, large_layout, seed, seed_layout, unique_repository};
 
 /// The tests here stop shared processes of the environment, so they run one at a time.
@@ -22,12 +23,48 @@ fn port_of(address: &str) -> u16 {
         .unwrap()
 }
 
+/// A controller process that is killed when dropped, so a failed assertion does not leave it
+/// running.
+struct ControllerProcess(Child);
+
+impl ControllerProcess {
+    /// Kills the process with SIGKILL and waits for it.
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    fn is_running(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Starts a controller that watches only `namespace`, with one transfer at a time so that a
 /// copy lasts long enough to be interrupted.
-fn start_controller(namespace: &str, log_name: &str) -> Child {
+fn start_controller(namespace: &str, log_name: &str) -> ControllerProcess {
+    start_controller_with(namespace, log_name, &[])
+}
+
+/// Starts a controller as [`start_controller`] does, with more plain-HTTP hosts.
+fn start_controller_with(
+    namespace: &str,
+    log_name: &str,
+    plain_http: &[String],
+) -> ControllerProcess {
     let env = env();
+    let mut hosts = vec![
+        env.registries.plain.host.clone(),
+        env.registries.auth.host.clone(),
+    ];
+    hosts.extend_from_slice(plain_http);
     let log = std::fs::File::create(env.state_dir.join("logs").join(log_name)).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_pma2docker"))
+    let child = Command::new(env!("CARGO_BIN_EXE_pma2docker"))
         .args([
             "controller",
             "--namespace",
@@ -36,17 +73,15 @@ fn start_controller(namespace: &str, log_name: &str) -> Child {
             "127.0.0.1:0",
         ])
         .args(["--jobs", "1"])
-        .args([
-            "--plain-http",
-            &format!("{},{}", env.registries.plain.host, env.registries.auth.host),
-        ])
+        .args(["--plain-http", &hosts.join(",")])
         .env("KUBECONFIG", &env.kubeconfig)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
-        .expect("failed to start the controller")
+        .expect("failed to start the controller");
+    ControllerProcess(child)
 }
 
 /// Returns whether the target tag exists, and panics if it resolves to an index whose
@@ -110,8 +145,7 @@ async fn controller_killed_twenty_times() {
         let delay = Duration::from_millis(150 + state % 2350);
         let mut controller = start_controller(&namespace.name, &format!("kill-{round}.log"));
         tokio::time::sleep(delay).await;
-        controller.kill().unwrap();
-        controller.wait().unwrap();
+        controller.kill();
 
         if !assert_tag_complete(auth, &repository, "v1").await {
             kills_before_tag += 1;
@@ -120,8 +154,7 @@ async fn controller_killed_twenty_times() {
 
     let mut controller = start_controller(&namespace.name, "kill-final.log");
     let object = namespace.wait_ready("large", "True", Some("Copied")).await;
-    controller.kill().unwrap();
-    controller.wait().unwrap();
+    controller.kill();
 
     let status = object.status.unwrap();
     assert_eq!(status.target_digest, status.source_digest);
@@ -180,8 +213,7 @@ async fn target_registry_restarted_mid_copy() {
     .unwrap();
 
     let object = namespace.wait_ready("large", "True", Some("Copied")).await;
-    controller.kill().unwrap();
-    controller.wait().unwrap();
+    controller.kill();
     let status = object.status.unwrap();
     assert_eq!(status.target_digest, status.source_digest);
     assert!(assert_tag_complete(auth, &repository, "v1").await);
@@ -228,12 +260,8 @@ async fn apiserver_restarted_under_controller() {
         .create_copy("after", json!({ "source": source, "target": after }))
         .await;
     namespace.wait_ready("after", "True", Some("Copied")).await;
-    assert!(
-        controller.try_wait().unwrap().is_none(),
-        "the controller exited"
-    );
-    controller.kill().unwrap();
-    controller.wait().unwrap();
+    assert!(controller.is_running(), "the controller exited");
+    controller.kill();
     namespace.delete().await;
 }
 
@@ -248,4 +276,77 @@ async fn reconnect(namespace: TestNamespace) -> TestNamespace {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     namespace
+}
+
+#[tokio::test]
+async fn registry_failing_for_a_while() {
+    let _serial = SERIAL.lock().await;
+    let env = env();
+    let namespace = TestNamespace::new("rel-faults").await;
+    let source = seed(
+        "multiarch-oci",
+        &env.registries.plain,
+        &unique_repository("rel/src"),
+        "v1",
+    );
+    let proxy = FaultProxy::start(&format!("http://{}", env.registries.plain.host)).await;
+    // Uploads to the target fail in three ways, 40 times in all, then the registry recovers.
+    let errors = proxy.add(
+        Rule::new("*", "/v2/*/blobs/uploads/*")
+            .times(15)
+            .status(500),
+    );
+    let throttled = proxy.add(
+        Rule::new("*", "/v2/*/blobs/uploads/*")
+            .times(15)
+            .status(429)
+            .response_header("Retry-After", "1")
+            .body("slow down"),
+    );
+    let resets = proxy.add(
+        Rule::new("PUT", "/v2/*/blobs/uploads/*")
+            .times(10)
+            .drop_after(0),
+    );
+    let repository = unique_repository("rel/dst");
+    let target = format!("{}/{repository}:v1", proxy.host());
+    let mut controller = start_controller_with(&namespace.name, "faults.log", &[proxy.host()]);
+
+    namespace
+        .create_copy("flaky", json!({ "source": source, "target": target }))
+        .await;
+    let object = namespace.wait_ready("flaky", "True", Some("Copied")).await;
+    controller.kill();
+
+    let status = object.status.unwrap();
+    assert_eq!(status.target_digest, status.source_digest);
+    let injected = errors.applied() + throttled.applied() + resets.applied();
+    assert_eq!(injected, 40, "not every fault was hit");
+    let uploads = proxy.count("*", "/v2/*/blobs/uploads/*");
+    println!(
+        "faults injected: {} errors, {} throttled, {} resets; upload requests: {uploads}",
+        errors.applied(),
+        throttled.applied(),
+        resets.applied()
+    );
+    // Retries are bounded: the 11 blobs needed about 3 requests each without faults.
+    assert!(uploads < 40 + 11 * 3 * 3, "{uploads} upload requests");
+
+    // The outage was longer than the engine's own retries, so it showed as a failed
+    // reconcile with a Warning Event before the copy succeeded.
+    let events = support::cluster::kubectl(
+        &["get", "events", "-n", &namespace.name, "-o", "json"],
+        None,
+    );
+    let events = String::from_utf8_lossy(&events.stdout);
+    assert!(
+        events.contains("\"reason\": \"RegistryError\""),
+        "no RegistryError Event: {events}"
+    );
+    assert!(events.contains("\"type\": \"Warning\""), "{events}");
+    assert!(
+        events.contains("\"reason\": \"Copied\""),
+        "no Copied Event: {events}"
+    );
+    namespace.delete().await;
 }
