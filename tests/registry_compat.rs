@@ -1318,3 +1318,563 @@ async fn immutable_tag_not_overwritten() {
         "the tag must still point to the old image"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Content
+// ---------------------------------------------------------------------------------------
+
+const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+const DOCKER_FOREIGN_LAYER: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+const OCI_NONDISTRIBUTABLE_LAYER: &str =
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
+
+/// Reads a manifest of the plain registry as JSON.
+async fn manifest_json(repository: &str, reference: &str) -> serde_json::Value {
+    let bytes = Probe::new(&env().registries.plain)
+        .manifest(repository, reference)
+        .await
+        .expect("manifest exists");
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// Serves the manifests of `repository` from memory: PUT stores them, GET and HEAD return
+/// them. It stands in for a registry that accepts manifests with foreign-layer URLs, which
+/// the test registry rejects (distribution does unless `validation.manifests.urls.allow`
+/// is set).
+fn manifests_in_memory(proxy: &FaultProxy, repository: &str) {
+    type Store = std::collections::HashMap<String, (bytes::Bytes, String)>;
+    let store: Arc<std::sync::Mutex<Store>> = Arc::default();
+    proxy.add(
+        Rule::new("*", &format!("/v2/{repository}/manifests/*")).handle(move |exchange| {
+            let store = store.clone();
+            async move {
+                let name = exchange.head.path.rsplit('/').next().unwrap().to_string();
+                if exchange.head.method.as_str() == "PUT" {
+                    let media_type = exchange
+                        .head
+                        .header("content-type")
+                        .unwrap_or_default()
+                        .to_string();
+                    let body = axum::body::to_bytes(exchange.body, 4 << 20).await.unwrap();
+                    let digest = support::sha256(&body);
+                    let mut store = store.lock().unwrap();
+                    store.insert(name, (body.clone(), media_type.clone()));
+                    store.insert(digest.clone(), (body, media_type));
+                    return response(
+                        StatusCode::CREATED,
+                        &[("Docker-Content-Digest", &digest)],
+                        "",
+                    );
+                }
+                let found = store.lock().unwrap().get(&name).cloned();
+                match found {
+                    Some((body, media_type)) => {
+                        let digest = support::sha256(&body);
+                        response(
+                            StatusCode::OK,
+                            &[
+                                ("Content-Type", &media_type),
+                                ("Docker-Content-Digest", &digest),
+                            ],
+                            body,
+                        )
+                    }
+                    None => response(
+                        StatusCode::NOT_FOUND,
+                        &[("Content-Type", "application/json")],
+                        r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#,
+                    ),
+                }
+            }
+        }),
+    );
+}
+
+#[tokio::test]
+async fn foreign_layers_skipped_by_default_copied_on_request() {
+    let source_repository = seed_plain("single", "compat/foreign");
+    let single = manifest_json(&source_repository, "v1").await;
+    let foreign_bytes = b"a layer that only its vendor may distribute\n".repeat(2000);
+    let foreign_digest = support::sha256(&foreign_bytes);
+    // The download host of the foreign layer.
+    let vendor = plain_proxy().await;
+    let downloads = vendor.add(Rule::new("GET", "/layers/*").respond(
+        200,
+        &[("Content-Type", "application/octet-stream")],
+        foreign_bytes.clone(),
+    ));
+    let url = format!("{}/layers/{foreign_digest}", vendor.url());
+    let probe = Probe::new(&env().registries.plain);
+
+    // A Docker manifest with a foreign layer, and an OCI one with a non-distributable layer.
+    let kinds = [
+        (
+            DOCKER_MANIFEST,
+            DOCKER_CONFIG,
+            DOCKER_LAYER,
+            DOCKER_FOREIGN_LAYER,
+        ),
+        (
+            OCI_MANIFEST,
+            "application/vnd.oci.image.config.v1+json",
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            OCI_NONDISTRIBUTABLE_LAYER,
+        ),
+    ];
+    for (manifest_type, config_type, layer_type, foreign_type) in kinds {
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": manifest_type,
+            "config": {"mediaType": config_type, "digest": single["config"]["digest"], "size": single["config"]["size"]},
+            "layers": [
+                {"mediaType": layer_type, "digest": single["layers"][0]["digest"], "size": single["layers"][0]["size"]},
+                {"mediaType": foreign_type, "digest": foreign_digest, "size": foreign_bytes.len(), "urls": [url]},
+            ],
+        });
+        let bytes = serde_json::to_vec_pretty(&manifest).unwrap();
+        let digest = support::sha256(&bytes);
+        // The source registry serves the manifest and has every blob but the foreign one. It
+        // wants tokens, to show that the download host gets none.
+        let registry = plain_proxy().await;
+        registry.require_bearer(BearerPolicy::default());
+        registry.add(
+            Rule::new("*", &format!("/v2/{source_repository}/manifests/foreign")).respond(
+                200,
+                &[("Content-Type", manifest_type)],
+                bytes.clone(),
+            ),
+        );
+        let source = format!("{}/{source_repository}:foreign", registry.host());
+
+        let skipped_repository = unique_repository("compat/foreign-skip");
+        manifests_in_memory(&registry, &skipped_repository);
+        let skip = request(
+            &source,
+            &format!("{}/{skipped_repository}:v1", registry.host()),
+            &[&registry],
+        );
+        let before = downloads.applied();
+        let report = run(&skip)
+            .await
+            .unwrap_or_else(|e| panic!("{manifest_type}: {}", chain(&e)));
+        assert_eq!(report.target_digest, digest, "{manifest_type}");
+        assert_eq!(report.blobs.foreign, 1, "{manifest_type}");
+        assert_eq!(report.blobs.copied + report.blobs.mounted, 2, "{manifest_type}");
+        assert_eq!(
+            downloads.applied(),
+            before,
+            "{manifest_type}: skipping downloads nothing"
+        );
+        assert_eq!(
+            probe
+                .blob_digest(&skipped_repository, &foreign_digest)
+                .await,
+            None
+        );
+
+        let copied_repository = unique_repository("compat/foreign-copy");
+        manifests_in_memory(&registry, &copied_repository);
+        let mut copy_all = request(
+            &source,
+            &format!("{}/{copied_repository}:v1", registry.host()),
+            &[&registry, &vendor],
+        );
+        copy_all.foreign_layers = copy::ForeignLayers::Copy;
+        let report = run(&copy_all)
+            .await
+            .unwrap_or_else(|e| panic!("{manifest_type}: {}", chain(&e)));
+        assert_eq!(report.target_digest, digest, "{manifest_type}");
+        assert_eq!(report.blobs.foreign, 0, "{manifest_type}");
+        assert_eq!(report.blobs.copied + report.blobs.mounted, 3, "{manifest_type}");
+        assert_eq!(downloads.applied(), before + 1, "{manifest_type}");
+        assert_eq!(
+            probe.blob_digest(&copied_repository, &foreign_digest).await,
+            Some((foreign_digest.clone(), foreign_bytes.len() as u64))
+        );
+
+        // A registry that does not allow URLs in manifests says so, and the copy fails.
+        let strict = format!(
+            "{}/{}:v1",
+            env().registries.plain.host,
+            unique_repository("compat/foreign-strict")
+        );
+        let error = run(&request(&source, &strict, &[&registry]))
+            .await
+            .unwrap_err();
+        assert!(
+            chain(&error).contains("invalid URL on layer"),
+            "{}",
+            chain(&error)
+        );
+    }
+    for download in vendor.requests() {
+        assert_eq!(download.header("authorization"), None);
+    }
+}
+
+#[tokio::test]
+async fn windows_os_version_entries_kept_apart() {
+    let oci = fixtures().image("multiarch-oci");
+    let repository = seed_plain("multiarch-oci", "compat/windows");
+    let (old, new) = ("10.0.17763.5458", "10.0.20348.2227");
+    // Children of the seeded index stand in for Windows images of two OS versions.
+    let entries = vec![
+        entry(
+            &repository,
+            &oci.platforms[0].digest,
+            OCI_MANIFEST,
+            serde_json::json!({"os": "windows", "architecture": "amd64", "os.version": old}),
+        )
+        .await,
+        entry(
+            &repository,
+            &oci.platforms[1].digest,
+            OCI_MANIFEST,
+            serde_json::json!({"os": "windows", "architecture": "amd64", "os.version": new}),
+        )
+        .await,
+        entry(
+            &repository,
+            &oci.platforms[2].digest,
+            OCI_MANIFEST,
+            serde_json::json!({"os": "linux", "architecture": "amd64"}),
+        )
+        .await,
+    ];
+    let index =
+        serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries});
+    let bytes = serde_json::to_vec_pretty(&index).unwrap();
+    let digest = push_manifest(&repository, "windows", OCI_INDEX, &bytes).await;
+    let source = format!("{}/{repository}:windows", env().registries.plain.host);
+    let target = |tag: &str| {
+        format!(
+            "{}/{}:{tag}",
+            env().registries.plain.host,
+            unique_repository("compat/windows-dst")
+        )
+    };
+
+    let report = run(&request(&source, &target("all"), &[])).await.unwrap();
+    assert_eq!(report.target_digest, digest);
+    let platforms: Vec<&str> = report
+        .platforms
+        .iter()
+        .map(|p| p.platform.as_str())
+        .collect();
+    assert_eq!(
+        platforms,
+        [
+            format!("windows({old})/amd64"),
+            format!("windows({new})/amd64"),
+            "linux/amd64".to_string()
+        ]
+    );
+
+    // A filter without an OS version keeps every version.
+    let mut both = request(&source, &target("windows"), &[]);
+    both.platforms = vec!["windows/amd64".parse().unwrap()];
+    let report = run(&both).await.unwrap();
+    assert_eq!(report.platforms.len(), 2);
+    assert!(report.index_rewritten);
+
+    // A filter with one keeps that version only.
+    let one_target = target("ltsc2022");
+    let mut one = request(&source, &one_target, &[]);
+    one.platforms = vec![format!("windows({new})/amd64").parse().unwrap()];
+    let report = run(&one).await.unwrap();
+    assert_eq!(report.platforms.len(), 1);
+    assert_eq!(
+        report.platforms[0].platform,
+        format!("windows({new})/amd64")
+    );
+    let (repository, tag) = one_target
+        .split_once('/')
+        .unwrap()
+        .1
+        .rsplit_once(':')
+        .unwrap();
+    let copied = manifest_json(repository, tag).await;
+    let kept = copied["manifests"].as_array().unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0]["platform"]["os.version"], new);
+}
+
+#[tokio::test]
+async fn duplicate_child_digests_pushed_once() {
+    let oci = fixtures().image("multiarch-oci");
+    let repository = seed_plain("multiarch-oci", "compat/dup");
+    let amd64 = serde_json::json!({"os": "linux", "architecture": "amd64"});
+    let arm64 = serde_json::json!({"os": "linux", "architecture": "arm64"});
+    let twice = &oci.platforms[0].digest;
+    let entries = vec![
+        entry(&repository, twice, OCI_MANIFEST, amd64.clone()).await,
+        entry(&repository, twice, OCI_MANIFEST, amd64).await,
+        entry(&repository, &oci.platforms[1].digest, OCI_MANIFEST, arm64).await,
+    ];
+    let index =
+        serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries});
+    let bytes = serde_json::to_vec_pretty(&index).unwrap();
+    let digest = push_manifest(&repository, "dup", OCI_INDEX, &bytes).await;
+    let registry = plain_proxy().await;
+    let target_repository = unique_repository("compat/dup-dst");
+    let source = format!("{}/{repository}:dup", registry.host());
+    let target = format!("{}/{target_repository}:v1", registry.host());
+
+    let report = run(&request(&source, &target, &[&registry])).await.unwrap();
+    assert_eq!(report.target_digest, digest);
+    assert_eq!(report.manifests.pushed, 3, "two children and the index");
+    assert_eq!(
+        registry.count("GET", &format!("/v2/*/manifests/{twice}")),
+        1
+    );
+    assert_eq!(
+        registry.count("PUT", &format!("/v2/*/manifests/{twice}")),
+        1
+    );
+    let copied = Probe::new(&env().registries.plain)
+        .manifest(&target_repository, "v1")
+        .await
+        .unwrap();
+    assert_eq!(copied.as_ref(), bytes.as_slice());
+}
+
+#[tokio::test]
+async fn mixed_docker_and_oci_children_keep_types() {
+    let mixed = fixtures().image("mixed");
+    let repository = seed_plain("mixed", "compat/mixed");
+    let children: Vec<_> = mixed
+        .manifests
+        .iter()
+        .filter(|m| m.digest != mixed.digest)
+        .collect();
+    assert!(children.iter().any(|c| c.media_type == DOCKER_MANIFEST));
+    assert!(children.iter().any(|c| c.media_type == OCI_MANIFEST));
+    // The same children under a Docker manifest list, the other way round.
+    let mut entries = Vec::new();
+    for (child, architecture) in children.iter().zip(["amd64", "arm64"]) {
+        let platform = serde_json::json!({"os": "linux", "architecture": architecture});
+        entries.push(entry(&repository, &child.digest, &child.media_type, platform).await);
+    }
+    let list =
+        serde_json::json!({"schemaVersion": 2, "mediaType": DOCKER_LIST, "manifests": entries});
+    let list_bytes = serde_json::to_vec_pretty(&list).unwrap();
+    let list_digest = push_manifest(&repository, "list", DOCKER_LIST, &list_bytes).await;
+
+    for (tag, expected) in [("v1", mixed.digest.clone()), ("list", list_digest)] {
+        let registry = plain_proxy().await;
+        let target_repository = unique_repository("compat/mixed-dst");
+        let source = format!("{}/{repository}:{tag}", env().registries.plain.host);
+        let target = format!("{}/{target_repository}:v1", registry.host());
+        let report = run(&request(&source, &target, &[&registry])).await.unwrap();
+        assert_eq!(report.target_digest, expected, "{tag}");
+        for child in &children {
+            let put = registry
+                .requests()
+                .into_iter()
+                .find(|r| r.method().as_str() == "PUT" && r.path().ends_with(&child.digest))
+                .unwrap_or_else(|| panic!("{tag}: child {} not pushed", child.digest));
+            assert_eq!(
+                put.header("content-type"),
+                Some(child.media_type.as_str()),
+                "{tag}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn oversized_manifest_rejected_before_read() {
+    const BODY: usize = 64 * 1024 * 1024;
+    for with_length in [true, false] {
+        let registry = plain_proxy().await;
+        let produced = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = produced.clone();
+        registry.add(
+            Rule::new("GET", "/v2/compat/huge/manifests/*").handle(move |_| {
+                let counter = counter.clone();
+                async move {
+                    let chunks = futures::stream::unfold(0usize, move |sent| {
+                        let counter = counter.clone();
+                        async move {
+                            if sent >= BODY {
+                                return None;
+                            }
+                            let chunk = bytes::Bytes::from(vec![b' '; 64 * 1024]);
+                            counter.fetch_add(chunk.len(), std::sync::atomic::Ordering::SeqCst);
+                            Some((Ok::<_, std::io::Error>(chunk), sent + 64 * 1024))
+                        }
+                    });
+                    let mut answer =
+                        axum::response::Response::new(axum::body::Body::from_stream(chunks));
+                    let headers = answer.headers_mut();
+                    headers.insert("content-type", OCI_MANIFEST.parse().unwrap());
+                    if with_length {
+                        headers.insert("content-length", BODY.to_string().parse().unwrap());
+                    }
+                    answer
+                }
+            }),
+        );
+        let source = format!("{}/compat/huge:v1", registry.host());
+        let target = format!(
+            "{}/{}:v1",
+            env().registries.plain.host,
+            unique_repository("compat/huge-dst")
+        );
+
+        let error = run(&request(&source, &target, &[&registry]))
+            .await
+            .unwrap_err();
+        let message = chain(&error);
+        assert!(
+            matches!(error, copy::Error::ManifestTooLarge { .. }),
+            "{message}"
+        );
+        assert_eq!(error.kind(), ErrorKind::Unsupported);
+        if with_length {
+            assert!(message.contains(&BODY.to_string()), "{message}");
+        }
+        // Give the server a moment to notice the closed connection, then check how much of
+        // the body it produced: a few MiB of socket buffers at most, not the whole body.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let produced = produced.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            produced < 16 * 1024 * 1024,
+            "with length {with_length}: {produced} bytes produced"
+        );
+    }
+}
+
+#[tokio::test]
+async fn references_registries_reject_fail_early() {
+    let host = &env().registries.plain.host;
+    let bad = [
+        format!("{host}/Upper/app:v1"),
+        format!("{host}/app:bad+tag"),
+        format!("{host}/app:{}", "t".repeat(129)),
+        format!("{host}/a___b:v1"),
+        format!("{host}/app@sha256:{}", "a".repeat(63)),
+        format!("{host}/app@sha256:{}", "A".repeat(64)),
+        format!("{host}/app@md5:{}", "a".repeat(32)),
+        format!("{host}/app@sha512:{}", "a".repeat(64)),
+        format!("{host}/{}:v1", "a".repeat(256)),
+    ];
+    for text in &bad {
+        let error = text.parse::<copy::ImageRef>().unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::InvalidInput, "{text}: {error}");
+    }
+    for good in [
+        format!("{host}/a__b/c-d.e_f:v1.0-rc_1"),
+        format!("{host}/app@sha512:{}", "a".repeat(128)),
+    ] {
+        good.parse::<copy::ImageRef>()
+            .unwrap_or_else(|e| panic!("{good}: {e}"));
+    }
+
+    // A manifest that names an invalid digest is rejected before the digest reaches a URL.
+    let registry = plain_proxy().await;
+    let evil = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{}","size":2}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:../../../other/blobs/x","size":1}}]}}"#,
+        "a".repeat(64)
+    );
+    registry.add(Rule::new("GET", "/v2/compat/evil/manifests/v1").respond(
+        200,
+        &[("Content-Type", OCI_MANIFEST)],
+        evil,
+    ));
+    let target = format!("{host}/{}:v1", unique_repository("compat/evil-dst"));
+    let error = run(&request(
+        &format!("{}/compat/evil:v1", registry.host()),
+        &target,
+        &[&registry],
+    ))
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(error, copy::Error::InvalidManifest { .. }),
+        "{}",
+        chain(&error)
+    );
+    assert_eq!(
+        registry.requests().len(),
+        1,
+        "only the manifest was requested"
+    );
+
+    // A registry that rejects a name says why, and it is not "not found".
+    let body = r#"{"errors":[{"code":"NAME_INVALID","message":"invalid repository name"}]}"#;
+    registry.add(Rule::new("*", "/v2/compat/reserved/*").respond(
+        400,
+        &[("Content-Type", "application/json")],
+        body,
+    ));
+    let error = run(&request(
+        &format!("{}/compat/reserved:v1", registry.host()),
+        &target,
+        &[&registry],
+    ))
+    .await
+    .unwrap_err();
+    let message = chain(&error);
+    assert_ne!(error.kind(), ErrorKind::NotFound, "{message}");
+    assert!(message.contains("NAME_INVALID"), "{message}");
+}
+
+#[tokio::test]
+async fn sha512_pinned_source_verified() {
+    use sha2::Digest;
+    let fixture = fixtures().image("multiarch-oci");
+    let repository = seed_plain("multiarch-oci", "compat/sha512");
+    let bytes = Probe::new(&env().registries.plain)
+        .manifest(&repository, &fixture.digest)
+        .await
+        .unwrap();
+    let sha512 = format!("sha512:{}", hex::encode(sha2::Sha512::digest(&bytes)));
+    let other = format!(
+        "sha512:{}",
+        hex::encode(sha2::Sha512::digest(b"other bytes"))
+    );
+    // The test registry keeps sha256 digests only, so the proxy answers sha512 references
+    // with the manifest they stand for; the other digest gets the same, wrong, bytes.
+    let registry = plain_proxy().await;
+    let sha256 = fixture.digest.clone();
+    let mapped = registry.add(
+        Rule::new("*", "/v2/*/manifests/sha512:*").handle(move |exchange| {
+            let sha256 = sha256.clone();
+            async move {
+                let (repository_path, _) = exchange.head.path.rsplit_once("/manifests/").unwrap();
+                let path = format!("{repository_path}/manifests/{sha256}");
+                exchange
+                    .upstream
+                    .send(
+                        &exchange.head.method,
+                        &path,
+                        &exchange.head.headers,
+                        axum::body::Body::empty(),
+                    )
+                    .await
+            }
+        }),
+    );
+    let target_repository = unique_repository("compat/sha512-dst");
+    let target = format!("{}/{target_repository}:v1", env().registries.plain.host);
+
+    let pinned = format!("{}/{repository}@{sha512}", registry.host());
+    let report = run(&request(&pinned, &target, &[&registry])).await.unwrap();
+    assert!(mapped.applied() >= 1);
+    assert_eq!(report.source_digest, sha512);
+    let copied = Probe::new(&env().registries.plain)
+        .manifest(&target_repository, "v1")
+        .await
+        .unwrap();
+    assert_eq!(copied, bytes);
+    assert_complete(&env().registries.plain, &target_repository, "multiarch-oci").await;
+
+    let wrong = format!("{}/{repository}@{other}", registry.host());
+    let error = run(&request(&wrong, &target, &[&registry]))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::DigestMismatch, "{}", chain(&error));
+    assert!(chain(&error).contains(&sha512), "{}", chain(&error));
+}

@@ -588,7 +588,8 @@ pub async fn failure_of(response: Response) -> Failure {
     }
 }
 
-/// Returns the first error code and a one-line summary of an error body.
+/// Returns the first error code and a one-line summary of an error body: every error of a
+/// JSON error body as `CODE: message (detail)`, or the first line of any other body.
 pub fn summarize_error_body(body: &[u8]) -> (Option<String>, String) {
     #[derive(serde::Deserialize)]
     struct Envelope {
@@ -600,17 +601,32 @@ pub fn summarize_error_body(body: &[u8]) -> (Option<String>, String) {
         code: String,
         #[serde(default)]
         message: String,
+        #[serde(default)]
+        detail: Option<serde_json::Value>,
     }
     if let Ok(envelope) = serde_json::from_slice::<Envelope>(body)
         && let Some(first) = envelope.errors.first()
     {
         let code = (!first.code.is_empty()).then(|| first.code.clone());
-        let summary = match (&code, first.message.is_empty()) {
-            (Some(code), false) => format!("{code}: {}", first.message),
-            (Some(code), true) => code.clone(),
-            (None, _) => first.message.clone(),
-        };
-        return (code, shorten(&summary));
+        let parts: Vec<String> = envelope
+            .errors
+            .iter()
+            .map(|entry| {
+                let mut part = match (entry.code.is_empty(), entry.message.is_empty()) {
+                    (false, false) => format!("{}: {}", entry.code, entry.message),
+                    (false, true) => entry.code.clone(),
+                    (true, _) => entry.message.clone(),
+                };
+                // Only text details: structured ones are long and rarely say more.
+                if let Some(serde_json::Value::String(detail)) = &entry.detail
+                    && !detail.is_empty()
+                {
+                    part.push_str(&format!(" ({detail})"));
+                }
+                part
+            })
+            .collect();
+        return (code, shorten(&parts.join("; ")));
     }
     let text = String::from_utf8_lossy(body);
     let line = text
@@ -642,6 +658,12 @@ mod tests {
                 Some("MANIFEST_INVALID".to_string()),
                 "MANIFEST_INVALID: manifest invalid".to_string()
             )
+        );
+        let several = br#"{"errors":[{"code":"UNKNOWN","message":"unknown error"},
+            {"code":"UNKNOWN","message":"unknown error","detail":"invalid URL on layer"}]}"#;
+        assert_eq!(
+            summarize_error_body(several).1,
+            "UNKNOWN: unknown error; UNKNOWN: unknown error (invalid URL on layer)"
         );
         assert_eq!(
             summarize_error_body(b""),
