@@ -101,25 +101,6 @@ fn seed_plain(fixture: &str, prefix: &str) -> String {
     repository
 }
 
-/// Uploads a blob to the plain registry in one POST and PUT and returns its digest.
-async fn push_blob(repository: &str, bytes: &[u8]) -> String {
-    let host = &env().registries.plain.host;
-    let digest = support::sha256(bytes);
-    let http = reqwest::Client::new();
-    let started = http
-        .post(format!("http://{host}/v2/{repository}/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(started.status(), 202);
-    let location = started.headers()["location"].to_str().unwrap().to_string();
-    let mut url = reqwest::Url::parse(&location).unwrap();
-    url.query_pairs_mut().append_pair("digest", &digest);
-    let put = http.put(url).body(bytes.to_vec()).send().await.unwrap();
-    assert_eq!(put.status(), 201, "blob upload failed");
-    digest
-}
-
 /// Pushes manifest bytes to the plain registry under `reference` and returns their digest.
 async fn push_manifest(
     repository: &str,
@@ -175,6 +156,90 @@ fn manifest_accepts(proxy: &FaultProxy) -> Vec<String> {
         .filter(|r| r.path().contains("/manifests/") && r.method().as_str() != "PUT")
         .map(|r| r.header("accept").unwrap_or_default().to_string())
         .collect()
+}
+
+#[tokio::test]
+async fn fault_proxy_rules_apply() {
+    let repository = seed_plain("single", "compat/proxy");
+    let blob = fixtures().image("single").content_blobs()[1].clone();
+    let registry = plain_proxy().await;
+    // A second proxy in front of the first: requests pass both.
+    let front = FaultProxy::start(&registry.url()).await;
+    let http = reqwest::Client::new();
+    let get = |path: String| http.get(format!("{}{path}", front.url())).send();
+
+    // Skip and times: the second and third matches get 503, the others pass.
+    let flaky = front.add(Rule::new("GET", "/v2/").skip(1).times(2).status(503));
+    let statuses: Vec<u16> = futures::future::join_all((0..4).map(|_| get("/v2/".to_string())))
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+    let mut sorted = statuses.clone();
+    sorted.sort();
+    assert_eq!(sorted, [200, 200, 503, 503], "{statuses:?}");
+    assert_eq!(flaky.matched(), 4);
+    assert_eq!(flaky.applied(), 2);
+    assert_eq!(
+        registry.count("GET", "/v2/"),
+        4,
+        "the back proxy saw every request"
+    );
+
+    // Headers and body of a forwarded answer.
+    let path = format!("/v2/{repository}/manifests/v1");
+    front.add(
+        Rule::new("GET", &path)
+            .times(1)
+            .response_header("x-test", "yes")
+            .remove_response_header("docker-content-digest")
+            .body("replaced"),
+    );
+    let answer = get(path.clone()).await.unwrap();
+    assert_eq!(answer.headers()["x-test"], "yes");
+    assert!(answer.headers().get("docker-content-digest").is_none());
+    assert_eq!(answer.text().await.unwrap(), "replaced");
+
+    // A delay, and a fixed answer that never reaches the registry.
+    front.add(
+        Rule::new("GET", "/slow")
+            .delay(Duration::from_millis(300))
+            .respond(204, &[], ""),
+    );
+    let started = Instant::now();
+    assert_eq!(get("/slow".to_string()).await.unwrap().status(), 204);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(registry.count("*", "/slow"), 0);
+
+    // A body cut short: the client sees an error, not a short body.
+    let blob_path = format!("/v2/{repository}/blobs/{}", blob.digest);
+    front.add(Rule::new("GET", &blob_path).times(1).drop_after(1000));
+    let answer = get(blob_path.clone()).await.unwrap();
+    assert_eq!(answer.content_length(), Some(blob.size));
+    assert!(
+        answer.bytes().await.is_err(),
+        "the body must end with an error"
+    );
+    let whole = get(blob_path).await.unwrap().bytes().await.unwrap();
+    assert_eq!(whole.len() as u64, blob.size);
+
+    // The registry builds upload locations for the host the client used.
+    let started = http
+        .post(format!("{}/v2/{repository}/blobs/uploads/", front.url()))
+        .header("x-probe", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 202);
+    let location = started.headers()["location"].to_str().unwrap();
+    assert!(location.starts_with(&front.url()), "{location}");
+    let recorded = front.requests();
+    let post = recorded
+        .iter()
+        .find(|r| r.method().as_str() == "POST")
+        .unwrap();
+    assert_eq!(post.status, 202);
+    assert_eq!(post.header("x-probe"), Some("1"), "request headers are recorded");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1460,7 +1525,11 @@ async fn foreign_layers_skipped_by_default_copied_on_request() {
             .unwrap_or_else(|e| panic!("{manifest_type}: {}", chain(&e)));
         assert_eq!(report.target_digest, digest, "{manifest_type}");
         assert_eq!(report.blobs.foreign, 1, "{manifest_type}");
-        assert_eq!(report.blobs.copied + report.blobs.mounted, 2, "{manifest_type}");
+        assert_eq!(
+            report.blobs.copied + report.blobs.mounted,
+            2,
+            "{manifest_type}"
+        );
         assert_eq!(
             downloads.applied(),
             before,
@@ -1486,7 +1555,11 @@ async fn foreign_layers_skipped_by_default_copied_on_request() {
             .unwrap_or_else(|e| panic!("{manifest_type}: {}", chain(&e)));
         assert_eq!(report.target_digest, digest, "{manifest_type}");
         assert_eq!(report.blobs.foreign, 0, "{manifest_type}");
-        assert_eq!(report.blobs.copied + report.blobs.mounted, 3, "{manifest_type}");
+        assert_eq!(
+            report.blobs.copied + report.blobs.mounted,
+            3,
+            "{manifest_type}"
+        );
         assert_eq!(downloads.applied(), before + 1, "{manifest_type}");
         assert_eq!(
             probe.blob_digest(&copied_repository, &foreign_digest).await,
@@ -1877,4 +1950,148 @@ async fn sha512_pinned_source_verified() {
         .unwrap_err();
     assert_eq!(error.kind(), ErrorKind::DigestMismatch, "{}", chain(&error));
     assert!(chain(&error).contains(&sha512), "{}", chain(&error));
+}
+
+// ---------------------------------------------------------------------------------------
+// Identity
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn docker_hub_aliases_share_credentials() {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode("hub-user:hub-secret-3");
+    let keys = [
+        "https://index.docker.io/v1/",
+        "index.docker.io",
+        "registry-1.docker.io",
+        "docker.io",
+        "https://registry-1.docker.io/v2/",
+    ];
+    let hub_images = [
+        "nginx",
+        "docker.io/library/nginx:1",
+        "index.docker.io/team/app",
+        "registry-1.docker.io/team/app:v2",
+    ];
+    let expected = Credential::Basic {
+        username: "hub-user".to_string(),
+        password: "hub-secret-3".to_string(),
+    };
+    for key in keys {
+        let json = format!(r#"{{"auths":{{"{key}":{{"auth":"{encoded}"}}}}}}"#);
+        let config = copy::DockerConfig::parse(json.as_bytes(), "config.json").unwrap();
+        for image in hub_images {
+            let image: copy::ImageRef = image.parse().unwrap();
+            assert_eq!(
+                config.credential_for(&image),
+                Some(&expected),
+                "key {key}, image {image}"
+            );
+        }
+        let elsewhere: copy::ImageRef = "ghcr.io/team/app".parse().unwrap();
+        assert_eq!(config.credential_for(&elsewhere), None, "key {key}");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hub-secret-3"), "{shown}");
+    }
+}
+
+#[tokio::test]
+async fn auth_failure_never_reported_as_not_found() {
+    let source_repository = unique_repository("compat/private");
+    seed("single", &env().registries.auth, &source_repository, "v1");
+    let plain = &env().registries.plain.host;
+    let target = || format!("{plain}/{}:v1", unique_repository("compat/private-dst"));
+
+    // A registry that hides private repositories: anonymous requests get 404, while /v2/
+    // asks for credentials.
+    let hiding = auth_proxy().await;
+    let hidden = hiding.add(
+        Rule::new("*", "/v2/*/*")
+            .when(|head| head.header("authorization").is_none())
+            .respond(
+                404,
+                &[("Content-Type", "application/json")],
+                r#"{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known to registry"}]}"#,
+            ),
+    );
+    let source = format!("{}/{source_repository}:v1", hiding.host());
+    let mut with_credentials = request(&source, &target(), &[&hiding]);
+    with_credentials.source_credential = Some(auth_credential());
+    let report = run(&with_credentials).await.unwrap();
+    assert_eq!(report.target_digest, fixtures().image("single").digest);
+    assert_eq!(
+        hidden.applied(),
+        0,
+        "credentials went with the first request"
+    );
+
+    let mut wrong_password = request(&source, &target(), &[&hiding]);
+    wrong_password.source_credential = Some(Credential::Basic {
+        username: env().registries.auth.username.clone().unwrap(),
+        password: "wrong-password-5".to_string(),
+    });
+    let error = run(&wrong_password).await.unwrap_err();
+    let message = chain(&error);
+    assert_eq!(error.kind(), ErrorKind::Authentication, "{message}");
+    assert!(!message.contains("wrong-password-5"), "{message}");
+    assert!(!format!("{error:?}").contains("wrong-password-5"));
+
+    // A token server that refuses the credentials.
+    let token_registry = plain_proxy().await;
+    let auth = token_registry.require_bearer(BearerPolicy {
+        credentials: Some(("robot".to_string(), "robot-secret-9".to_string())),
+        ..BearerPolicy::default()
+    });
+    let plain_repository = seed_plain("single", "compat/private-token");
+    let source = format!("{}/{plain_repository}:v1", token_registry.host());
+    let mut refused = request(&source, &target(), &[&token_registry]);
+    refused.source_credential = Some(Credential::Basic {
+        username: "robot".to_string(),
+        password: "not-the-secret-4".to_string(),
+    });
+    let error = run(&refused).await.unwrap_err();
+    let message = chain(&error);
+    assert_eq!(error.kind(), ErrorKind::Authentication, "{message}");
+    assert!(!message.contains("not-the-secret-4"), "{message}");
+    assert!(auth.token_requests().iter().all(|r| !r.issued));
+
+    // With the right secret the tokens work, and none of them shows up in a later error.
+    let mut accepted = request(&source, &target(), &[&token_registry]);
+    accepted.source_credential = Some(Credential::Basic {
+        username: "robot".to_string(),
+        password: "robot-secret-9".to_string(),
+    });
+    token_registry.add(Rule::new("PUT", "/v2/*/manifests/*").respond(
+        400,
+        &[],
+        "read-only registry",
+    ));
+    let readonly_target = format!(
+        "{}/{}:v1",
+        token_registry.host(),
+        unique_repository("compat/ro")
+    );
+    let mut readonly = request(&source, &readonly_target, &[&token_registry]);
+    readonly.source_credential = accepted.source_credential.clone();
+    readonly.target_credential = accepted.source_credential.clone();
+    let error = run(&readonly).await.unwrap_err();
+    let debug = format!("{error:?} {}", chain(&error));
+    for token in auth.issued_tokens() {
+        assert!(!debug.contains(&token), "token leaked: {debug}");
+    }
+    assert!(!debug.contains("robot-secret-9"), "{debug}");
+    run(&accepted).await.unwrap();
+
+    // A 404 whose error code says access was denied.
+    let denying = plain_proxy().await;
+    denying.add(Rule::new("*", "/v2/*/manifests/*").respond(
+        404,
+        &[("Content-Type", "application/json")],
+        r#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}"#,
+    ));
+    let source = format!("{}/{plain_repository}:v1", denying.host());
+    let error = run(&request(&source, &target(), &[&denying]))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Authentication, "{}", chain(&error));
 }

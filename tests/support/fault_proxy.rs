@@ -721,6 +721,9 @@ fn cut_after(
                 return None;
             }
             if sent >= limit {
+                // Give the server time to send the head and the bytes so far; an error at
+                // once can close the connection before any of it leaves.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 return Some((Err(dropped()), (inner, sent, true)));
             }
             match inner.next().await {
