@@ -239,7 +239,11 @@ async fn fault_proxy_rules_apply() {
         .find(|r| r.method().as_str() == "POST")
         .unwrap();
     assert_eq!(post.status, 202);
-    assert_eq!(post.header("x-probe"), Some("1"), "request headers are recorded");
+    assert_eq!(
+        post.header("x-probe"),
+        Some("1"),
+        "request headers are recorded"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
