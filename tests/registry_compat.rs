@@ -1,6 +1,6 @@
 //! Registry behaviours that differ from the distribution spec's happy path, each reproduced
 //! with the fault proxy (`support::fault_proxy`) in front of a real registry started by
-//! `tests/env/up.sh`, and the engine's answer to it.
+//! `tests/env/up.sh`, and the engine's handling of it.
 
 mod support;
 
@@ -45,7 +45,7 @@ fn request(source: &str, target: &str, proxies: &[&FaultProxy]) -> CopyRequest {
     request
 }
 
-/// The auth registry's credentials.
+/// Returns the auth registry's credentials.
 fn auth_credential() -> Credential {
     let auth = &env().registries.auth;
     Credential::Basic {
@@ -186,7 +186,7 @@ async fn fault_proxy_rules_apply() {
         "the back proxy saw every request"
     );
 
-    // Headers and body of a forwarded answer.
+    // Headers and body of a forwarded response.
     let path = format!("/v2/{repository}/manifests/v1");
     front.add(
         Rule::new("GET", &path)
@@ -200,7 +200,7 @@ async fn fault_proxy_rules_apply() {
     assert!(answer.headers().get("docker-content-digest").is_none());
     assert_eq!(answer.text().await.unwrap(), "replaced");
 
-    // A delay, and a fixed answer that never reaches the registry.
+    // A delay, and a fixed response that never reaches the registry.
     front.add(
         Rule::new("GET", "/slow")
             .delay(Duration::from_millis(300))
@@ -250,7 +250,7 @@ async fn fault_proxy_rules_apply() {
 // Reading the source
 // ---------------------------------------------------------------------------------------
 
-/// A registry that serves a list or index only to clients that accept its type: a Docker
+/// Builds a rule for a registry that serves a list or index only to clients that accept its type: a Docker
 /// manifest list becomes the first platform's manifest, an OCI index becomes a 404.
 fn down_converting_proxy_rule(
     list_digest: String,
@@ -381,7 +381,7 @@ async fn content_digest_header_missing_or_wrong_trusts_bytes() {
         assert!(handle.applied() > 0, "{variant}");
         assert_complete(&env().registries.plain, &target_repository, "multiarch-oci").await;
 
-        // A digest-pinned source is checked against the bytes, whatever the header says.
+        // A digest-pinned source is checked against the bytes, whatever the header claims.
         let pinned = format!("{}/{source_repository}@{}", proxy.host(), fixture.digest);
         let report = run(&request(&pinned, &target, &[&proxy])).await.unwrap();
         assert_eq!(report.source_digest, fixture.digest, "{variant}");
@@ -450,7 +450,7 @@ async fn manifest_head_404_or_405_uses_get() {
         .await;
 
         // With the earlier digests given, a registry without HEAD still lets the copy see
-        // that nothing changed; a registry that answers HEAD with 404 costs a full check.
+        // that nothing changed. A registry that returns 404 to HEAD costs a full check.
         let mut again = request(&source, &target, &[&proxy]);
         again.previous = Some(copy::PreviousCopy {
             source_digest: first.source_digest.clone(),
@@ -508,7 +508,7 @@ async fn error_bodies_empty_or_not_json() {
         .unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Authentication, "{}", chain(&error));
 
-    // A rejected push with an empty body says so, with the status.
+    // A push rejected with an empty body is reported with its status.
     proxy.add(Rule::new("PUT", "/v2/compat/readonly-*/manifests/*").respond(400, &[], ""));
     let readonly = format!(
         "{}/{}:v1",
@@ -1233,8 +1233,8 @@ async fn chunked_upload_header_variants() {
 }
 
 /// Rejects blob PUTs of more than `limit` bytes with 413, like a front proxy with a body
-/// limit. With `drain`, it reads and drops the body first, as nginx does; without, it
-/// answers at once, and the client may see a broken connection in place of the 413.
+/// limit. With `drain`, it reads and drops the body first, as nginx does. Without, it
+/// responds at once, and the client may see a broken connection in place of the 413.
 fn body_limit_rule(limit: u64, drain: bool) -> Rule {
     Rule::new("PUT", "/v2/*/blobs/uploads/*")
         .when(move |head| {
@@ -1408,9 +1408,9 @@ async fn manifest_json(repository: &str, reference: &str) -> serde_json::Value {
 }
 
 /// Serves the manifests of `repository` from memory: PUT stores them, GET and HEAD return
-/// them. It stands in for a registry that accepts manifests with foreign-layer URLs, which
-/// the test registry rejects (distribution does unless `validation.manifests.urls.allow`
-/// is set).
+/// them. It is a registry that accepts manifests with foreign-layer URLs, which the test
+/// registry rejects (distribution does unless its `validation.manifests.urls` settings allow
+/// them).
 fn manifests_in_memory(proxy: &FaultProxy, repository: &str) {
     type Store = std::collections::HashMap<String, (bytes::Bytes, String)>;
     let store: Arc<std::sync::Mutex<Store>> = Arc::default();
@@ -1570,7 +1570,7 @@ async fn foreign_layers_skipped_by_default_copied_on_request() {
             Some((foreign_digest.clone(), foreign_bytes.len() as u64))
         );
 
-        // A registry that does not allow URLs in manifests says so, and the copy fails.
+        // A registry that does not allow URLs in manifests names the reason, and the copy fails.
         let strict = format!(
             "{}/{}:v1",
             env().registries.plain.host,
@@ -1912,8 +1912,8 @@ async fn sha512_pinned_source_verified() {
         "sha512:{}",
         hex::encode(sha2::Sha512::digest(b"other bytes"))
     );
-    // The test registry keeps sha256 digests only, so the proxy answers sha512 references
-    // with the manifest they stand for; the other digest gets the same, wrong, bytes.
+    // The test registry keeps sha256 digests only, so the proxy serves the manifest for
+    // sha512 references. The other digest gets the same bytes, which do not match it.
     let registry = plain_proxy().await;
     let sha256 = fixture.digest.clone();
     let mapped = registry.add(
@@ -2007,7 +2007,7 @@ async fn auth_failure_never_reported_as_not_found() {
     let target = || format!("{plain}/{}:v1", unique_repository("compat/private-dst"));
 
     // A registry that hides private repositories: anonymous requests get 404, while /v2/
-    // asks for credentials.
+    // requests credentials.
     let hiding = auth_proxy().await;
     let hidden = hiding.add(
         Rule::new("*", "/v2/*/*")

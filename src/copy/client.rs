@@ -1,12 +1,12 @@
 //! HTTP requests to one registry: authentication, rate limits, retries and redirects.
 //!
 //! Every registry request of the engine goes through [`Client`]. It sends credentials only to
-//! the registry's own origin (scheme, host and port), never to a host a redirect or an upload
-//! `Location` points at, as the distribution spec requires. It learns the registry's scheme
-//! from a `GET /v2/` probe or from the first 401, fetches bearer tokens per set of scopes,
-//! and on a 401 to a token it had used asks for a new one once. A 429, or a 503 with
-//! `Retry-After`, closes the host's [`gate`](super::gate) for the time asked, so that every
-//! copy to that host waits.
+//! the registry's own origin (scheme, host and port), never to a host that a redirect or an
+//! upload `Location` points at, as the distribution spec requires. It learns the registry's
+//! authentication scheme from a `GET /v2/` probe or from the first 401, fetches bearer tokens
+//! per set of scopes, and requests a new token once when a token it used gets a 401. A 429,
+//! or a 503 with `Retry-After`, closes the host's [`gate`](super::gate) for the time the
+//! registry requested, so that every copy to that host waits.
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::Bytes;
@@ -24,7 +24,7 @@ use super::token::{Challenge, Scope, TokenResponse, parse_challenges};
 
 /// Most redirects followed for one request.
 const MAX_REDIRECTS: usize = 5;
-/// Retries of one request after a network failure or a 5xx answer.
+/// Retries of one request after a network failure or a 5xx response.
 const MAX_RETRIES: usize = 3;
 /// Waits for the rate-limit gate within one request, before its 429 goes to the caller.
 const MAX_RATE_LIMIT_WAITS: usize = 5;
@@ -43,10 +43,10 @@ fn retry_delays() -> impl Iterator<Item = Duration> {
         .build()
 }
 
-/// The authentication scheme a registry asked for.
+/// The authentication scheme a registry requires.
 #[derive(Clone, Debug, Default)]
 enum Scheme {
-    /// Not known yet: requests go without credentials until a 401 says which to use.
+    /// Not known yet: requests go without credentials until a 401 names the scheme.
     #[default]
     Unknown,
     Basic,
@@ -77,9 +77,9 @@ pub struct Call {
     pub body: Option<Bytes>,
     /// The access the request needs, for bearer tokens.
     pub scopes: Vec<Scope>,
-    /// Follow 3xx answers (for GET and HEAD).
+    /// Follow 3xx responses (for GET and HEAD).
     pub follow_redirects: bool,
-    /// Send again after a network failure or a 5xx answer. Only for requests that change
+    /// Send again after a network failure or a 5xx response. Only for requests that change
     /// nothing when repeated.
     pub retry: bool,
 }
@@ -110,8 +110,8 @@ impl Call {
     }
 }
 
-/// What the registry answered, with the URL that answered it (after redirects).
-pub struct Answer {
+/// A registry response with the URL that produced it, after redirects.
+pub struct RegistryResponse {
     pub response: Response,
     pub url: Url,
 }
@@ -161,8 +161,8 @@ impl Client {
     }
 
     /// Sends a request, handling 401 challenges, rate limits, retries and redirects, and
-    /// returns the answer whatever its status.
-    pub async fn send(&self, call: &Call) -> Result<Answer, Failure> {
+    /// returns the last response whatever its status.
+    pub async fn send(&self, call: &Call) -> Result<RegistryResponse, Failure> {
         let mut url = call.url.clone();
         let mut delays = retry_delays();
         let mut redirects = 0;
@@ -206,7 +206,7 @@ impl Client {
                 {
                     continue;
                 }
-                return Ok(Answer { response, url });
+                return Ok(RegistryResponse { response, url });
             }
 
             if is_rate_limited(&response) {
@@ -218,7 +218,7 @@ impl Client {
                     rate_limit_waits += 1;
                     continue;
                 }
-                return Ok(Answer { response, url });
+                return Ok(RegistryResponse { response, url });
             }
 
             if call.retry && (status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT) {
@@ -227,7 +227,7 @@ impl Client {
                     tokio::time::sleep(delay).await;
                     continue;
                 }
-                return Ok(Answer { response, url });
+                return Ok(RegistryResponse { response, url });
             }
 
             if call.follow_redirects
@@ -251,7 +251,7 @@ impl Client {
                 url = next;
                 continue;
             }
-            return Ok(Answer { response, url });
+            return Ok(RegistryResponse { response, url });
         }
     }
 
@@ -303,7 +303,7 @@ impl Client {
     }
 
     /// Returns the `Authorization` value for a request to `url`, or `None` when the request
-    /// goes without credentials: to another origin, or before the registry asked for any.
+    /// goes without credentials: to another origin, or before the registry requested any.
     async fn authorization(
         &self,
         url: &Url,
@@ -349,16 +349,16 @@ impl Client {
         }
     }
 
-    /// Asks `GET /v2/` which scheme the registry wants, so that credentials go with the first
-    /// real request. Some registries answer 404, not 401, to anonymous requests for private
-    /// repositories, so waiting for a 401 would report a missing image instead of using the
-    /// credentials.
+    /// Learns the registry's authentication scheme from `GET /v2/`, so that credentials go
+    /// with the first real request. Some registries return 404, not 401, to anonymous requests
+    /// for private repositories, so waiting for a 401 would report a missing image instead of
+    /// using the credentials.
     async fn probe(&self, state: &mut AuthState) {
         let url = self.url("v2/");
         match self.http.get(url).send().await {
             Ok(response) if response.status() == StatusCode::UNAUTHORIZED => {
                 if let Some(scheme) = scheme_of(&challenges(&response)) {
-                    debug!(registry = %self.host, ?scheme, "Registry asked for credentials");
+                    debug!(registry = %self.host, ?scheme, "Registry requires credentials");
                     state.scheme = scheme;
                 }
             }
@@ -369,7 +369,7 @@ impl Client {
         }
     }
 
-    /// Learns from a 401 answer. Returns true when the request should be sent again, with
+    /// Learns from a 401 response. Returns true when the request should be sent again, with
     /// new credentials.
     async fn handle_unauthorized(
         &self,
@@ -465,12 +465,12 @@ impl Client {
             .map_err(|error| token_failure(Failure::Interrupted(error.without_url())))?;
         let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|_| {
             token_failure(Failure::Protocol(
-                "the token server's answer is not JSON".to_string(),
+                "the token server's response is not JSON".to_string(),
             ))
         })?;
         let (value, lifetime) = parsed.into_token().ok_or_else(|| {
             token_failure(Failure::Protocol(
-                "the token server's answer has no token".to_string(),
+                "the token server's response has no token".to_string(),
             ))
         })?;
         Ok(CachedToken {
@@ -575,7 +575,7 @@ pub async fn read_small(response: Response) -> Result<Bytes, reqwest::Error> {
     Ok(Bytes::from(body))
 }
 
-/// Turns an error answer into a [`Failure`], with the error code and message from a JSON
+/// Turns an error response into a [`Failure`], with the error code and message from a JSON
 /// error body, or the start of any other body.
 pub async fn failure_of(response: Response) -> Failure {
     let status = response.status();
@@ -617,7 +617,7 @@ pub fn summarize_error_body(body: &[u8]) -> (Option<String>, String) {
                     (false, true) => entry.code.clone(),
                     (true, _) => entry.message.clone(),
                 };
-                // Only text details: structured ones are long and rarely say more.
+                // Only text details, because structured ones are long and rarely add to the message.
                 if let Some(serde_json::Value::String(detail)) = &entry.detail
                     && !detail.is_empty()
                 {

@@ -33,7 +33,7 @@ impl Algorithm {
     }
 }
 
-/// Checks a digest string and returns its algorithm. The error says what is wrong, without
+/// Checks a digest string and returns its algorithm. The error names the problem, without
 /// repeating the digest.
 pub fn parse(digest: &str) -> Result<Algorithm, String> {
     let (name, hex) = digest

@@ -104,11 +104,11 @@ pub enum Error {
     },
 }
 
-/// Why one registry request failed, below the level of the copy step that sent it. Its text
+/// The cause of a failed registry request, below the level of the copy step that sent it. Its text
 /// never contains URLs, which may carry upload state or signed parameters.
 #[derive(Debug, thiserror::Error)]
 pub enum Failure {
-    /// The registry answered with an error status.
+    /// The registry returned an error status.
     #[error("HTTP {status}: {summary}")]
     Status {
         status: reqwest::StatusCode,
@@ -118,12 +118,12 @@ pub enum Failure {
         summary: String,
     },
 
-    /// The request did not get an answer: connection, TLS or timeout failure.
+    /// The request got no response: connection, TLS or timeout failure.
     #[error("{0}")]
     Network(#[source] reqwest::Error),
 
-    /// The connection broke while the answer's body was being read.
-    #[error("the connection broke while reading the answer")]
+    /// The connection broke while the response body was being read.
+    #[error("the connection broke while reading the response")]
     Interrupted(#[source] reqwest::Error),
 
     /// The token server did not issue a token.
@@ -134,16 +134,16 @@ pub enum Failure {
     #[error("{0}")]
     SourceStream(String),
 
-    /// The registry answered 401 to a token that it had accepted before. The token is
-    /// dropped, so the next attempt asks for a new one.
+    /// The registry returned 401 to a token that it had accepted before. The token is
+    /// dropped, so the next attempt requests a new one.
     #[error("the registry no longer accepts the access token")]
     TokenExpired,
 
-    /// The registry asked for a wait longer than the engine accepts.
-    #[error("the registry asked to wait {} s before the next request, more than the {} s limit", .0.as_secs(), super::gate::MAX_WAIT.as_secs())]
+    /// The registry requested a wait longer than the engine accepts.
+    #[error("the registry requested a wait of {} s before the next request, more than the {} s limit", .0.as_secs(), super::gate::MAX_WAIT.as_secs())]
     RateLimited(std::time::Duration),
 
-    /// The answer broke the distribution protocol, for example a missing `Location`.
+    /// The response broke the distribution protocol, for example a missing `Location`.
     #[error("{0}")]
     Protocol(String),
 }
@@ -154,7 +154,7 @@ impl Failure {
         Failure::Network(error.without_url())
     }
 
-    /// Returns the HTTP status of an error answer.
+    /// Returns the HTTP status of an error response.
     pub fn status(&self) -> Option<u16> {
         match self {
             Failure::Status { status, .. } => Some(status.as_u16()),
@@ -162,7 +162,7 @@ impl Failure {
         }
     }
 
-    /// Returns the error code of an error answer, such as `MANIFEST_UNKNOWN`.
+    /// Returns the error code of an error response, such as `MANIFEST_UNKNOWN`.
     pub fn code(&self) -> Option<&str> {
         match self {
             Failure::Status { code, .. } => code.as_deref(),
@@ -184,7 +184,7 @@ impl Failure {
     }
 }
 
-/// Error codes with which registries say that access was denied, whatever the status.
+/// Error codes that registries use for denied access, whatever the HTTP status.
 const ACCESS_CODES: [&str; 2] = ["UNAUTHORIZED", "DENIED"];
 
 impl Error {
@@ -209,7 +209,7 @@ impl Error {
         }
     }
 
-    /// Returns the HTTP status of the registry answer behind this error, if there was one.
+    /// Returns the HTTP status of the registry response behind this error, if there was one.
     pub fn status(&self) -> Option<u16> {
         match self {
             Error::Registry { source, .. } => source.status(),
@@ -222,7 +222,7 @@ impl Error {
     }
 
     /// True when trying the same request again may succeed: network failures, timeouts, 5xx
-    /// and 429 answers.
+    /// and 429 responses.
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Registry { source, .. } => source.is_transient(),
@@ -231,7 +231,7 @@ impl Error {
     }
 
     /// Classifies a failed request of `action` on `reference` at `registry`. Access
-    /// failures are never reported as "not found": a 404 whose body says `DENIED` or
+    /// failures are never reported as "not found": a 404 whose body has the code `DENIED` or
     /// `UNAUTHORIZED` is an authentication error.
     pub fn from_failure(
         action: &'static str,

@@ -37,8 +37,8 @@ pub async fn fetch_root(source: &Registry, image: &ImageRef) -> Result<Node, Err
     node_from_bytes(fetched.bytes, fetched.digest, hint, &image.to_string())
 }
 
-/// Returns a response's `Content-Type` when it is a manifest type the engine knows; other
-/// values (`application/json`, `text/plain`) say nothing about the document.
+/// Returns a response's `Content-Type` when it is a supported manifest type; other
+/// values (`application/json`, `text/plain`) do not identify the document type.
 fn known_type(content_type: Option<&str>) -> Option<&str> {
     content_type.filter(|media_type| kind_of(media_type).is_some())
 }

@@ -1,7 +1,7 @@
 //! A per-registry-host rate-limit gate, shared by every copy in the process.
 //!
-//! When a registry answers 429 (or 503 with `Retry-After`), the host's gate closes for the
-//! time the registry asked for, and every request to that host, from any copy, waits until it
+//! When a registry returns 429 (or 503 with `Retry-After`), the host's gate closes for the
+//! time the registry requested, and every request to that host, from any copy, waits until it
 //! opens. Without the shared gate, the other copies would keep the registry busy and each
 //! would get its own 429.
 
@@ -10,7 +10,7 @@ use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
-/// Longest wait the engine accepts. A registry that asks for more fails the copy, and the
+/// Maximum wait the engine accepts. A registry that requests more fails the copy, and the
 /// caller retries later.
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
 

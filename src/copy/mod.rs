@@ -4,6 +4,11 @@
 //! The flow is `fetch` (read the source tree) → `plan` (pure: platform filter, push order) →
 //! `transfer` (blobs, child manifests, then the root by tag). The engine knows nothing of
 //! Kubernetes; the CLI and the controller both drive it through [`copy_image`].
+//!
+//! Every registry request goes through `registry` and its HTTP `client`, which deal with the
+//! ways registries differ from the distribution spec: bearer tokens and their renewal, rate
+//! limits with `Retry-After` (one gate per host for the whole process), redirects to storage
+//! hosts without credentials, odd upload locations, and single-PUT size limits (`upload`).
 
 pub mod auth;
 mod client;
@@ -58,10 +63,10 @@ pub struct CopyRequest {
     /// When the source and the target tag still resolve to them, the copy ends after two
     /// HEAD requests and reports `unchanged` with no platforms listed.
     pub previous: Option<PreviousCopy>,
-    /// How blobs are sent to the target: one streaming PUT (the default, falling back to
-    /// chunks after a 413) or always in chunks.
+    /// Upload mode for blobs: one streaming PUT (the default, falling back to chunks after a
+    /// 413) or always in chunks.
     pub upload_mode: UploadMode,
-    /// Bytes per PATCH of a chunked upload; it bounds the memory one upload holds.
+    /// Bytes per PATCH of a chunked upload; it bounds the memory that one upload uses.
     pub chunk_size: usize,
     /// Whether non-distributable (foreign) layers are left out (the default) or copied.
     pub foreign_layers: ForeignLayers,

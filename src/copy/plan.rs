@@ -249,13 +249,14 @@ fn collect_platforms(node: &Node, found: &mut Vec<(String, String)>) {
     }
 }
 
-/// What to do with non-distributable (foreign) layers, whose manifests point at download
-/// URLs outside the registry.
+/// Handling of non-distributable (foreign) layers, whose manifests point at download URLs
+/// outside the registry.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ForeignLayers {
-    /// Leave them out, as registries and Docker do: the target gets the manifest, which still
-    /// names the URLs, and clients download the layers from there. Registries accept such
-    /// manifests without the blob (distribution checks only that the URLs are valid).
+    /// Leave them out, as Docker does: the target gets the manifest, which still names the
+    /// URLs, and clients download the layers from there. The target must accept manifests with
+    /// URLs, which distribution (v3.1.2 in the tests) rejects unless its
+    /// `validation.manifests.urls` settings allow them.
     #[default]
     Skip,
     /// Copy them into the target, from the source registry if it has them, else from their

@@ -1,12 +1,17 @@
-//! One registry, as the engine sees it: the distribution API calls a copy needs.
+//! One registry: the distribution API calls that a copy makes.
 //!
-//! Requests go through the engine's own [`Client`] on reqwest, not through oci-client 0.18.
-//! oci-client hides what the engine must read to deal with real registries: its errors drop
-//! the response headers (so `Retry-After` is lost), it fails a manifest whose
-//! `Docker-Content-Digest` header disagrees with the bytes even when the bytes match the
-//! requested digest, it reads manifests whole with no size cap, it cannot renew a token after
-//! a 401, its chunked upload sends one PATCH per stream frame, and its manifest push panics
-//! when a registry answers 201 without `Location`. oci-client still parses references.
+//! Requests go through the engine's own `client::Client` on reqwest, not through oci-client 0.18,
+//! because oci-client hides what the engine must handle for real registries:
+//!
+//! - its errors drop the response headers, so `Retry-After` is lost;
+//! - it fails a manifest whose `Docker-Content-Digest` header disagrees with the bytes, even
+//!   when the bytes match the requested digest;
+//! - it reads manifests whole, with no size cap;
+//! - it cannot renew a token after a 401;
+//! - its chunked upload sends one PATCH per stream frame;
+//! - its manifest push panics when a registry returns 201 without `Location`.
+//!
+//! oci-client still parses references.
 
 use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
@@ -19,7 +24,7 @@ use std::time::Duration;
 use tracing::{debug, warn};
 
 use super::auth::Credential;
-use super::client::{Answer, Call, Client, failure_of};
+use super::client::{Call, Client, RegistryResponse, failure_of};
 use super::digest;
 use super::error::{Error, Failure};
 use super::manifest::{ACCEPTED_MANIFEST_TYPES, MAX_MANIFEST_BYTES};
@@ -56,7 +61,7 @@ impl ConnectOptions {
     }
 }
 
-/// What a side of the copy does with its registry, which sets the token scopes it asks for.
+/// The access one side of the copy needs, which sets the token scopes it requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
     Pull,
@@ -95,9 +100,9 @@ pub struct Registry {
     /// Blobs of at least this many bytes are uploaded in chunks. It starts at `u64::MAX` and
     /// drops to a blob's size when the registry rejects its single PUT as too large (413).
     pub(super) chunked_from: AtomicU64,
-    /// False once the registry answered a manifest HEAD with 405 or 501.
+    /// False once the registry returned 405 or 501 to a manifest HEAD.
     head_works: AtomicBool,
-    /// False once a mount was refused for lack of access, so later blobs skip the attempt.
+    /// False once a mount was rejected for lack of access, so later blobs skip the attempt.
     pub(super) mount_works: AtomicBool,
 }
 
@@ -177,10 +182,10 @@ impl Registry {
 
     /// Returns the digest a manifest reference resolves to, or `None` when it does not exist.
     ///
-    /// It asks with HEAD and falls back to GET, hashing the bytes, when the answer has no
+    /// It sends HEAD and falls back to GET, hashing the bytes, when the response has no
     /// `Docker-Content-Digest` or the registry does not allow HEAD (405 or 501). A 404 to
-    /// HEAD is taken as absent; where a registry answers HEAD with 404 for a manifest that
-    /// GET returns, callers only lose a shortcut, because they fetch or push by GET and PUT.
+    /// HEAD is taken as absent. A registry that returns 404 to HEAD for a manifest that GET
+    /// returns costs callers only a shortcut, because they fetch and push by GET and PUT.
     pub async fn head_manifest(&self, reference: &Reference) -> Result<Option<String>, Error> {
         let whole = reference.whole();
         if self.head_works.load(Ordering::Relaxed) {
@@ -195,7 +200,7 @@ impl Registry {
                 if let Some(found) = header_digest(&answer.response) {
                     return Ok(Some(found));
                 }
-                debug!(reference = %whole, "HEAD answer without a valid Docker-Content-Digest, using GET");
+                debug!(reference = %whole, "HEAD response without a valid Docker-Content-Digest, using GET");
             } else if status == StatusCode::NOT_FOUND {
                 return Ok(None);
             } else if matches!(status.as_u16(), 405 | 501) {
@@ -216,10 +221,10 @@ impl Registry {
     /// Fetches a manifest's bytes, unchanged, and computes their digest in the algorithm of
     /// the reference's digest (sha256 for a tag).
     ///
-    /// The computed digest is the one used; a `Docker-Content-Digest` header that disagrees
-    /// is logged and ignored, so a registry or proxy with a wrong header cannot block a copy,
-    /// while a pinned digest is still checked by the caller against the bytes. A body over
-    /// 4 MiB is rejected without being read whole.
+    /// The computed digest is the one used. A `Docker-Content-Digest` header that disagrees
+    /// is logged and ignored, so a registry or proxy with a wrong header cannot block a copy.
+    /// A pinned digest is still checked by the caller against the bytes. A body over 4 MiB is
+    /// rejected without being read whole.
     pub async fn get_manifest(&self, reference: &Reference) -> Result<FetchedManifest, Error> {
         let mut attempt = 1;
         loop {
@@ -383,7 +388,7 @@ impl Registry {
         }
     }
 
-    /// Asks the registry to link a blob from another repository of the same registry. The
+    /// Requests that the registry link a blob from another repository of the same registry. The
     /// request needs push on the target and pull on the source repository, in one token.
     pub async fn mount_blob(&self, target: &Reference, from: &Reference, digest: &str) -> Mount {
         if !self.mount_works.load(Ordering::Relaxed) {
@@ -422,7 +427,7 @@ impl Registry {
                     // every blob would double the requests for nothing.
                     self.mount_works.store(false, Ordering::Relaxed);
                 }
-                debug!(%digest, %status, "Mount refused, copying instead");
+                debug!(%digest, %status, "Mount rejected, copying instead");
                 Mount::NotMounted
             }
         }
@@ -516,7 +521,7 @@ impl Registry {
     }
 }
 
-/// Returns a valid digest from `Docker-Content-Digest`, if the answer has one.
+/// Returns a valid digest from `Docker-Content-Digest`, if the response has one.
 fn header_digest(response: &reqwest::Response) -> Option<String> {
     let value = response
         .headers()
@@ -534,7 +539,11 @@ enum CappedRead {
 
 /// Reads a body of at most `cap` bytes. A larger `Content-Length` fails before any byte is
 /// read, and a body without one stops being read at the cap.
-async fn read_capped(answer: Answer, cap: usize, reference: &str) -> Result<Bytes, CappedRead> {
+async fn read_capped(
+    answer: RegistryResponse,
+    cap: usize,
+    reference: &str,
+) -> Result<Bytes, CappedRead> {
     if let Some(length) = answer.response.content_length()
         && length > cap as u64
     {
@@ -553,9 +562,9 @@ async fn read_capped(answer: Answer, cap: usize, reference: &str) -> Result<Byte
     Ok(body.freeze())
 }
 
-/// Reads the upload session from a 202 answer: its `Location`, resolved against the URL
-/// that answered (it may be absolute, absolute-path or relative), and the minimum chunk size.
-pub(super) fn upload_of(answer: &Answer) -> Result<Upload, Failure> {
+/// Reads the upload session from a 202 response: its `Location`, resolved against the URL
+/// of the request (it may be absolute, absolute-path or relative), and the minimum chunk size.
+pub(super) fn upload_of(answer: &RegistryResponse) -> Result<Upload, Failure> {
     let location = answer
         .response
         .headers()
@@ -576,7 +585,7 @@ pub(super) fn upload_of(answer: &Answer) -> Result<Upload, Failure> {
     })
 }
 
-/// Resolves a `Location` header against the URL of the request it answered (RFC 3986 §5).
+/// Resolves a `Location` header against the URL of its request (RFC 3986 §5).
 pub(super) fn resolve_location(base: &Url, location: &HeaderValue) -> Result<Url, Failure> {
     let text = location
         .to_str()

@@ -12,8 +12,8 @@ use std::task::{Context, Poll};
 use super::Progress;
 use super::digest::{self, Hasher};
 
-/// Why the source side of a blob stream failed. The upload sees only an I/O error, so the
-/// cause is kept here for the error report.
+/// The cause of a failure on the source side of a blob stream. The upload gets only an I/O
+/// error, so the cause is kept here for the error report.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SourceFailure {
     /// The bytes did not hash to the descriptor's digest.
@@ -24,7 +24,7 @@ pub enum SourceFailure {
     Interrupted(String),
 }
 
-/// Where [`Verified`] leaves the cause of a failure.
+/// The place where [`Verified`] stores the cause of a failure.
 pub type FailureSlot = Arc<Mutex<Option<SourceFailure>>>;
 
 /// Passes a blob stream through, counting bytes for progress and checking its size and
@@ -143,7 +143,7 @@ where
 }
 
 /// Regroups a stream's frames into chunks of exactly `size` bytes (the last one may be
-/// shorter). It holds at most one chunk and one frame in memory.
+/// shorter). It keeps at most one chunk and one frame in memory.
 pub struct Rechunk<S> {
     inner: S,
     size: usize,

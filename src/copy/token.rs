@@ -1,10 +1,10 @@
 //! Pieces of the registry token protocol: `WWW-Authenticate` challenges, access scopes and
 //! token responses.
 //!
-//! The protocol is the one Docker's distribution registry documents (`docs/spec/auth/token.md`):
-//! a 401 carries `Bearer realm="…",service="…",scope="…"`, the client asks the realm for a
-//! token with `service` and one `scope` parameter per repository, sending its Basic credentials
-//! if it has any, and the answer is JSON with `token` (or `access_token`) and `expires_in`.
+//! In registry token authentication, a 401 carries `Bearer realm="…",service="…",scope="…"`.
+//! The client then sends a GET to the realm with `service` and one `scope` parameter per
+//! repository, with its Basic credentials if it has any. The response is JSON with `token`
+//! (or `access_token`) and `expires_in`.
 
 use serde::Deserialize;
 use std::fmt;
@@ -149,7 +149,7 @@ impl fmt::Display for Scope {
     }
 }
 
-/// A token server's answer.
+/// A token server's response.
 #[derive(Deserialize)]
 pub struct TokenResponse {
     #[serde(default)]
@@ -161,7 +161,7 @@ pub struct TokenResponse {
 }
 
 impl TokenResponse {
-    /// Returns the token and its lifetime, or `None` when the answer has no token.
+    /// Returns the token and its lifetime, or `None` when the response has no token.
     pub fn into_token(self) -> Option<(String, Duration)> {
         let token = self
             .token

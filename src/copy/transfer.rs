@@ -318,7 +318,8 @@ pub async fn push_root(ends: &Ends<'_>, root: &Node) -> Result<(), Error> {
         )
         .await;
     if let Err(Error::Rejected { reason, .. }) = &pushed {
-        // A registry with immutable tags rejects a tag that points elsewhere; say so.
+        // A registry with immutable tags rejects a tag that points elsewhere, so report where
+        // it points.
         let existing = ends.target.head_manifest(&tag_reference).await?;
         if let Some(existing) = existing.filter(|d| !digest::matches(&root.bytes, d)) {
             return Err(Error::TagNotMoved {
@@ -330,7 +331,7 @@ pub async fn push_root(ends: &Ends<'_>, root: &Node) -> Result<(), Error> {
     }
     pushed?;
 
-    // Read back by GET and compare bytes: a HEAD answer's digest header may be wrong.
+    // Read back by GET and compare bytes, because a HEAD response's digest header may be wrong.
     let stored = ends.target.get_manifest(&tag_reference).await?;
     if stored.bytes != root.bytes {
         return Err(Error::DigestMismatch {

@@ -16,7 +16,7 @@ use super::error::{Error, Failure};
 use super::registry::{Registry, Upload, resolve_location, upload_of};
 use super::stream::Rechunk;
 
-/// How blobs are sent to the target.
+/// The way blobs are sent to the target.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum UploadMode {
     /// One streaming PUT per blob. A blob the registry rejects as too large (413) is sent
@@ -46,7 +46,7 @@ impl Registry {
         if answer.response.status() != StatusCode::ACCEPTED {
             let failure = if answer.response.status().is_success() {
                 Failure::Protocol(format!(
-                    "the registry answered {} to a new upload, not 202 Accepted",
+                    "the registry returned {} to a new upload, not 202 Accepted",
                     answer.response.status()
                 ))
             } else {

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A handler that answers a request in place of the default forwarding.
+/// A handler that responds to a request in place of the default forwarding.
 pub type Handler = Arc<dyn Fn(Exchange) -> BoxFuture<'static, Response<Body>> + Send + Sync>;
 
 type Predicate = Arc<dyn Fn(&RequestHead) -> bool + Send + Sync>;
@@ -77,7 +77,7 @@ impl RequestHead {
     }
 }
 
-/// One request the proxy received, with the status it answered.
+/// One request the proxy received, with the status of its response.
 #[derive(Clone, Debug)]
 pub struct Recorded {
     pub head: RequestHead,
@@ -127,8 +127,8 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Sends a request to the upstream and converts the answer into a streaming response.
-    /// A transport failure becomes a 502 answer.
+    /// Sends a request to the upstream and converts its response into a streaming one. A
+    /// transport failure becomes a 502 response.
     pub async fn send(
         &self,
         method: &Method,
@@ -255,7 +255,7 @@ pub struct Rule {
 }
 
 impl Rule {
-    /// A rule for `method` (`*` for any) and a path pattern. Without further settings it
+    /// Creates a rule for `method` (`*` for any) and a path pattern. Without further settings it
     /// forwards the request unchanged, which still counts its matches.
     pub fn new(method: &str, pattern: &str) -> Rule {
         Rule {
@@ -566,7 +566,7 @@ async fn serve_request(State(shared): State<Arc<Shared>>, request: Request) -> R
         Some(Checked::Answer(response)) => (response, Some("bearer auth".to_string())),
         outcome => {
             if let Some(Checked::Forward) = outcome {
-                // The upstream knows nothing of the proxy's tokens.
+                // The upstream does not accept the proxy's tokens.
                 head.headers.remove("authorization");
             }
             apply_rules(&shared, head, body).await
@@ -721,8 +721,8 @@ fn cut_after(
                 return None;
             }
             if sent >= limit {
-                // Give the server time to send the head and the bytes so far; an error at
-                // once can close the connection before any of it leaves.
+                // Give the server time to send the head and the bytes so far, because an
+                // error at once can close the connection before any of it leaves.
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 return Some((Err(dropped()), (inner, sent, true)));
             }
