@@ -627,7 +627,7 @@ async fn rate_limit_retry_after_shared_across_copies() {
         let requests = proxy.requests();
         let limited_at = requests.iter().find(|r| r.status == 429).unwrap().received;
         // Requests already on the way when the gate closed may arrive a moment later.
-        let in_flight = Duration::from_millis(200);
+        let in_flight = Duration::from_millis(500);
         let early: Vec<String> = requests
             .iter()
             .filter(|r| r.received > limited_at + in_flight && r.received < limited_at + wait)
@@ -949,6 +949,8 @@ struct SessionOptions {
     range_with_unit: bool,
     /// Status of the closing PUT (201 or 204).
     close_status: u16,
+    /// `OCI-Chunk-Min-Length` of new sessions, if any.
+    min_chunk: Option<usize>,
 }
 
 /// A signature the upload URLs carry; a request that lost it is rejected.
@@ -1004,12 +1006,17 @@ impl Sessions {
                             .count
                             .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
                             .to_string();
-                        let location = sessions.remember(&id, &answer);
+                        sessions.remember(&id, &answer);
                         let shown = session_location(&id, &base, options.style);
-                        let _ = location;
+                        let min_chunk = options.min_chunk.unwrap_or(0).to_string();
+                        let mut headers =
+                            vec![("Location", shown.as_str()), ("Content-Length", "0")];
+                        if options.min_chunk.is_some() {
+                            headers.push(("OCI-Chunk-Min-Length", min_chunk.as_str()));
+                        }
                         response(
                             StatusCode::from_u16(answer.status().as_u16()).unwrap(),
-                            &[("Location", &shown), ("Content-Length", "0")],
+                            &headers,
                             "",
                         )
                     }
@@ -1138,6 +1145,7 @@ async fn upload_location_relative_absolute_or_with_query() {
                 patch_without_location: false,
                 range_with_unit: false,
                 close_status: 201,
+                min_chunk: None,
             };
             sessions.install(&registry, Some(&other), options);
             let source = format!("{}/{source_repository}:v1", env().registries.plain.host);
@@ -1190,14 +1198,16 @@ async fn chunked_upload_header_variants() {
             patch_without_location: true,
             range_with_unit: true,
             close_status: 204,
+            min_chunk: Some(300_000),
         },
     );
     let source = format!("{}/{source_repository}:v1", env().registries.plain.host);
     let target = format!("{}/{target_repository}:v1", registry.host());
-    let chunk_size = 256 * 1024;
+    // The registry's minimum chunk (300000 bytes) is above the requested 256 KiB, so it wins.
     let mut request = request(&source, &target, &[&registry]);
     request.upload_mode = copy::UploadMode::Chunked;
-    request.chunk_size = chunk_size;
+    request.chunk_size = 256 * 1024;
+    let chunk_size = 300_000;
 
     let report = run(&request).await.unwrap();
     assert_eq!(
@@ -1218,6 +1228,15 @@ async fn chunked_upload_header_variants() {
         .map(|b| b.size.div_ceil(chunk_size as u64))
         .sum();
     assert_eq!(patches.len() as u64, expected);
+    let full_chunks = patches
+        .iter()
+        .filter(|p| p.header("content-length") == Some(chunk_size.to_string().as_str()))
+        .count() as u64;
+    let blob_count = fixtures().image("multiarch-oci").content_blobs().len() as u64;
+    assert!(
+        full_chunks >= expected - blob_count,
+        "{full_chunks} PATCHes of the full chunk size"
+    );
     for patch in &patches {
         let length: usize = patch.header("content-length").unwrap().parse().unwrap();
         assert!(length <= chunk_size, "PATCH of {length} bytes");
