@@ -125,7 +125,7 @@ class Bench:
             for tool in tools[shift:] + tools[:shift]:
                 run = self.timed_copy(tool, image)
                 kind = "warm-up" if round_number < 0 else f"run {round_number + 1}"
-                log(f"{label} {image.name} {tool} {kind}: {run.wall:.2f} s, {run.max_rss_kib / 1024:.1f} MiB")
+                log(f"{label} {image.name} {tool} {kind}: {run.wall:.2f} s, {run.max_rss_kib / 1024:.1f} MiB, CPU {run.cpu:.2f} s")
                 if round_number >= 0:
                     runs[tool].append(run)
         summary = {}
@@ -137,6 +137,7 @@ class Bench:
                 "rss_mib": [run.max_rss_kib / 1024 for run in runs[tool]],
                 "median_wall": median(walls),
                 "median_rss_mib": median([run.max_rss_kib / 1024 for run in runs[tool]]),
+                "median_cpu": median([run.cpu for run in runs[tool]]),
                 "pma2docker_ratio": median(ratios),
             }
         return {"image": image.name, "blobs": len(image.blobs), "bytes": image.total_bytes, "tools": summary}

@@ -63,10 +63,12 @@ def median(values: list[float]) -> float:
 
 @dataclass
 class Run:
-    """One finished process: wall seconds and peak resident set size in KiB."""
+    """One finished process: wall seconds, peak resident set size in KiB, and CPU seconds
+    (user plus system) of the process and the descendants it waited for."""
 
     wall: float
     max_rss_kib: int
+    cpu: float
 
 
 def measure(argv: list[str], env: dict, log_path: Path, timeout: float = COPY_TIMEOUT_SECONDS) -> Run:
@@ -76,8 +78,8 @@ def measure(argv: list[str], env: dict, log_path: Path, timeout: float = COPY_TI
     descendant it waited for. It is not read from this script's own wait4, because Linux
     carries the RSS of the forking Python process over exec into ru_maxrss.
     """
-    rss_path = log_path.with_suffix(".maxrss")
-    timed = ["/usr/bin/time", "-f", "%M", "-o", str(rss_path), *argv]
+    usage_path = log_path.with_suffix(".usage")
+    timed = ["/usr/bin/time", "-f", "%M %U %S", "-o", str(usage_path), *argv]
     with log_path.open("ab") as output:
         output.write(f"$ {' '.join(argv)}\n".encode())
         output.flush()
@@ -94,9 +96,9 @@ def measure(argv: list[str], env: dict, log_path: Path, timeout: float = COPY_TI
     if status != 0:
         tail = log_path.read_text(errors="replace").splitlines()[-15:]
         raise BenchError(f"{' '.join(argv)} exited with {status}; end of {log_path}:\n" + "\n".join(tail))
-    # GNU time writes "Command exited with non-zero status" lines before %M on failure only.
-    max_rss_kib = int(rss_path.read_text().split()[-1])
-    return Run(wall, max_rss_kib)
+    # GNU time writes a "Command exited with non-zero status" line first on failure only.
+    max_rss_kib, user, system = usage_path.read_text().splitlines()[-1].split()
+    return Run(wall, int(max_rss_kib), float(user) + float(system))
 
 
 def process_memory_kib(pid: int) -> dict[str, int]:

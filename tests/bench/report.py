@@ -35,7 +35,7 @@ def copy_rows(case: dict) -> list[str]:
         ratio = "" if tool == "pma2docker" else f"{figures['pma2docker_ratio']:.2f}"
         rows.append(
             f"| {tool} | {figures['median_wall']:.2f} | {min(walls):.2f}–{max(walls):.2f} "
-            f"| {figures['median_rss_mib']:.1f} | {ratio} |"
+            f"| {figures['median_rss_mib']:.1f} | {figures.get('median_cpu', float('nan')):.2f} | {ratio} |"
         )
     return rows
 
@@ -90,8 +90,8 @@ def render_markdown(results: dict, command: str) -> str:
             "",
             f"#### {CASE_TITLES[label]}: {case['blobs']} blobs, {case['bytes'] / (1 << 20):.1f} MiB",
             "",
-            "| tool | median wall s | min–max s | median peak RSS MiB | pma2docker / tool |",
-            "| --- | --- | --- | --- | --- |",
+            "| tool | median wall s | min–max s | median peak RSS MiB | median CPU s | pma2docker / tool (wall) |",
+            "| --- | --- | --- | --- | --- | --- |",
             *copy_rows(case),
         ]
 
