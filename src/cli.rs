@@ -10,7 +10,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::copy::{
-    self, ConnectOptions, CopyReport, CopyRequest, DockerConfig, ImageRef, PlatformFilter, Progress,
+    self, ConnectOptions, CopyReport, CopyRequest, DockerConfig, ForeignLayers, ImageRef,
+    PlatformFilter, Progress, UploadMode,
 };
 use crate::telemetry::{self, LogFormat};
 
@@ -111,6 +112,9 @@ pub struct ControllerArgs {
     /// Name of this instance in Events; defaults to the host name (the pod name in a cluster).
     #[arg(long, env = "POD_NAME")]
     pub instance: Option<String>,
+
+    #[command(flatten)]
+    pub transfer: TransferArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -151,9 +155,60 @@ pub struct CopyArgs {
     #[arg(long)]
     pub force: bool,
 
+    #[command(flatten)]
+    pub transfer: TransferArgs,
+
     /// Summary format on stdout.
     #[arg(long, value_enum, default_value = "text")]
     pub output: Output,
+}
+
+/// How blobs are sent, shared by `copy` and `controller`.
+#[derive(clap::Args, Debug)]
+pub struct TransferArgs {
+    /// Send each blob in one streaming PUT (falling back to chunks when a registry answers
+    /// 413), or always in chunks, for registries or proxies that limit request sizes.
+    #[arg(long, value_enum, default_value = "streaming")]
+    pub upload_mode: UploadModeArg,
+
+    /// Size of one chunk of a chunked upload, in MiB. It bounds the memory of one upload.
+    #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub chunk_size_mib: u16,
+
+    /// Copy non-distributable (foreign) layers into the target instead of leaving them out.
+    /// They are fetched from the source registry or, failing that, from the URLs the manifest
+    /// names, without credentials.
+    #[arg(long)]
+    pub copy_foreign_layers: bool,
+}
+
+impl TransferArgs {
+    fn apply(&self, request: &mut CopyRequest) {
+        let (upload_mode, chunk_size, foreign_layers) = self.settings();
+        request.upload_mode = upload_mode;
+        request.chunk_size = chunk_size;
+        request.foreign_layers = foreign_layers;
+    }
+
+    fn settings(&self) -> (UploadMode, usize, ForeignLayers) {
+        let upload_mode = match self.upload_mode {
+            UploadModeArg::Streaming => UploadMode::Streaming,
+            UploadModeArg::Chunked => UploadMode::Chunked,
+        };
+        let chunk_size = usize::from(self.chunk_size_mib) * 1024 * 1024;
+        let foreign_layers = if self.copy_foreign_layers {
+            ForeignLayers::Copy
+        } else {
+            ForeignLayers::Skip
+        };
+        (upload_mode, chunk_size, foreign_layers)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum UploadModeArg {
+    Streaming,
+    Chunked,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -188,6 +243,7 @@ pub fn crd_json() -> String {
 }
 
 async fn run_controller(args: ControllerArgs) -> Result<()> {
+    let (upload_mode, chunk_size, foreign_layers) = args.transfer.settings();
     let settings = crate::controller::Settings {
         connect: ConnectOptions {
             plain_http: args.plain_http,
@@ -198,6 +254,9 @@ async fn run_controller(args: ControllerArgs) -> Result<()> {
         denied_registries: args.deny_registries,
         jobs: args.jobs,
         concurrency: args.concurrency,
+        upload_mode,
+        chunk_size,
+        foreign_layers,
     };
     let instance = args
         .instance
@@ -268,6 +327,7 @@ fn build_request(args: &CopyArgs) -> Result<CopyRequest> {
     };
     request.jobs = args.jobs;
     request.force = args.force;
+    args.transfer.apply(&mut request);
     Ok(request)
 }
 

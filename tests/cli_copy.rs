@@ -162,3 +162,56 @@ fn plain_http_only_when_named() {
         "{stderr}"
     );
 }
+
+#[test]
+fn chunked_upload_mode_sends_patches() {
+    let env = env();
+    let fixture = fixtures().image("single");
+    let source = seed(
+        "single",
+        &env.registries.plain,
+        &unique_repository("cli/src"),
+        "v1",
+    );
+    let repository = unique_repository("cli/chunked");
+    let target = format!("{}/{repository}:v1", env.registries.tls.host);
+    let ca_file = env
+        .registries
+        .tls
+        .ca_file
+        .as_ref()
+        .unwrap()
+        .to_str()
+        .unwrap();
+
+    let output = pma2docker(&[
+        "copy",
+        &source,
+        &target,
+        "--plain-http",
+        &env.registries.plain.host,
+        "--ca-file",
+        ca_file,
+        "--upload-mode",
+        "chunked",
+        "--chunk-size-mib",
+        "1",
+        "--output",
+        "json",
+    ]);
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["targetDigest"], fixture.digest.as_str());
+    // Every blob goes up in at least one PATCH instead of a single PUT with a body.
+    let patches = env
+        .registry_requests("tls", &repository)
+        .iter()
+        .filter(|request| request.starts_with("PATCH "))
+        .count();
+    assert!(
+        patches >= fixture.content_blobs().len(),
+        "{patches} PATCH requests"
+    );
+}

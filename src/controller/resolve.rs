@@ -53,6 +53,9 @@ pub fn parse_spec(object: &ImageCopy, settings: &Settings) -> Result<CopyRequest
     request.platforms = platforms;
     request.connect = settings.connect.clone();
     request.jobs = settings.jobs;
+    request.upload_mode = settings.upload_mode;
+    request.chunk_size = settings.chunk_size;
+    request.foreign_layers = settings.foreign_layers;
     Ok(request)
 }
 

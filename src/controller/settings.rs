@@ -2,8 +2,8 @@
 //! controller's command line, never from an ImageCopy, so a user who can create ImageCopy
 //! objects cannot point the controller at an insecure or forbidden endpoint.
 
-use crate::copy::ConnectOptions;
 use crate::copy::reference::registry_key;
+use crate::copy::{ConnectOptions, DEFAULT_CHUNK_SIZE, ForeignLayers, UploadMode};
 
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -18,6 +18,12 @@ pub struct Settings {
     pub jobs: usize,
     /// ImageCopy objects reconciled at once.
     pub concurrency: u16,
+    /// Streaming uploads with a chunked fallback, or chunked uploads only.
+    pub upload_mode: UploadMode,
+    /// Bytes per PATCH of a chunked upload.
+    pub chunk_size: usize,
+    /// Whether non-distributable layers are left out or copied.
+    pub foreign_layers: ForeignLayers,
 }
 
 impl Default for Settings {
@@ -28,6 +34,9 @@ impl Default for Settings {
             denied_registries: Vec::new(),
             jobs: crate::copy::DEFAULT_JOBS,
             concurrency: 4,
+            upload_mode: UploadMode::default(),
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            foreign_layers: ForeignLayers::default(),
         }
     }
 }

@@ -7,6 +7,12 @@
 //! per set of scopes, and requests a new token once when a token it used gets a 401. A 429,
 //! or a 503 with `Retry-After`, closes the host's [`gate`](super::gate) for the time the
 //! registry requested, so that every copy to that host waits.
+//!
+//! oci-client 0.18 is not used for these requests, because its errors drop the response
+//! headers (so `Retry-After` is lost), it rejects a manifest whose `Docker-Content-Digest`
+//! differs from the bytes, it reads manifests whole, it never renews a token after a 401,
+//! its chunked upload sends one PATCH per stream frame, and its raw manifest push panics on a
+//! 201 without `Location`. The engine still uses its reference parser.
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::Bytes;
