@@ -207,19 +207,25 @@ async fn missing_source_and_secret_reported() {
         env.registries.plain.host,
         unique_repository("e2e/none")
     );
-    let target = format!(
-        "{}/{}:v1",
-        env.registries.plain.host,
-        unique_repository("e2e/dst")
-    );
+    let target = |name: &str| {
+        format!(
+            "{}/{}:v1",
+            env.registries.plain.host,
+            unique_repository(name)
+        )
+    };
 
     namespace
-        .create_copy("nosource", json!({ "source": source, "target": target }))
+        .create_copy(
+            "nosource",
+            json!({ "source": source, "target": target("e2e/dst") }),
+        )
         .await;
     namespace
         .create_copy(
             "nosecret",
-            json!({ "source": source, "target": target, "imagePullSecrets": [{ "name": "absent" }] }),
+            json!({ "source": source, "target": target("e2e/dst"),
+                    "imagePullSecrets": [{ "name": "absent" }] }),
         )
         .await;
 
