@@ -221,11 +221,15 @@ pub enum Output {
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Copy(args) => {
-            telemetry::init(cli.log_format, "warn");
+            // The copy's error already says why a certificate was rejected.
+            telemetry::init(cli.log_format, "warn,rustls_platform_verifier=off");
             run_copy(args).await
         }
         Command::Controller(args) => {
-            telemetry::init(cli.log_format, "info,kube=warn");
+            telemetry::init(
+                cli.log_format,
+                "info,kube=warn,rustls_platform_verifier=off",
+            );
             run_controller(args).await
         }
         Command::Crd => {
@@ -274,16 +278,28 @@ async fn run_controller(args: ControllerArgs) -> Result<()> {
     crate::controller::run(client, options).await
 }
 
+/// Reads PEM CA files, rejecting a file that holds no valid certificate, so that a wrong
+/// path or format fails here rather than as an unknown issuer during a copy.
 fn read_ca_files(paths: &[PathBuf]) -> Result<Vec<Vec<u8>>> {
-    paths
-        .iter()
-        .map(|path| {
-            std::fs::read(path)
-                .with_context(|| format!("failed to read CA file {}", path.display()))
-        })
-        .collect()
+    let mut bundles = Vec::new();
+    for path in paths {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("failed to read CA file {}", path.display()))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|_| {
+            anyhow::anyhow!(
+                "CA file {} is not a valid PEM certificate bundle",
+                path.display()
+            )
+        })?;
+        anyhow::ensure!(
+            !certificates.is_empty(),
+            "CA file {} contains no PEM certificate",
+            path.display()
+        );
+        bundles.push(pem);
+    }
+    Ok(bundles)
 }
-
 async fn run_copy(args: CopyArgs) -> Result<()> {
     let request = build_request(&args)?;
     let progress = Arc::new(Progress::default());

@@ -215,3 +215,53 @@ fn chunked_upload_mode_sends_patches() {
         "{patches} PATCH requests"
     );
 }
+
+#[test]
+fn target_without_tag_rejected() {
+    let env = env();
+    let source = seed(
+        "single",
+        &env.registries.plain,
+        &unique_repository("cli/src"),
+        "v1",
+    );
+    let repository = unique_repository("cli/notag");
+    let target = format!("{}/{repository}", env.registries.plain.host);
+
+    let output = pma2docker(&[
+        "copy",
+        &source,
+        &target,
+        "--plain-http",
+        &env.registries.plain.host,
+    ]);
+
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("must name a tag"), "{stderr}");
+    assert!(
+        env.registry_requests("plain", &repository).is_empty(),
+        "the target was written"
+    );
+}
+
+#[test]
+fn ca_file_without_certificate_rejected() {
+    let env = env();
+    let not_pem = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(not_pem.path(), "not a certificate\n").unwrap();
+    let source = format!("{}/x:1", env.registries.tls.host);
+    let target = format!("{}/y:1", env.registries.plain.host);
+
+    let output = pma2docker(&[
+        "copy",
+        &source,
+        &target,
+        "--ca-file",
+        not_pem.path().to_str().unwrap(),
+    ]);
+
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("contains no PEM certificate"), "{stderr}");
+}

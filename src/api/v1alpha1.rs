@@ -15,8 +15,9 @@ const REFERENCE_PATTERN: &str = r"^([A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]+)?/)?[a-z0-
 /// Target reference: as above, but the tag is required.
 const TARGET_PATTERN: &str = r"^([A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]+)?/)?[a-z0-9]+([._-]+[a-z0-9]+)*(/[a-z0-9]+([._-]+[a-z0-9]+)*)*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}(@sha256:[a-f0-9]{64})?$";
 
-/// Platform string: `OS/ARCHITECTURE` or `OS/ARCHITECTURE/VARIANT`.
-const PLATFORM_PATTERN: &str = r"^[a-z0-9_.]+/[a-z0-9_.]+(/[a-z0-9_.]+)?$";
+/// Platform string: `OS/ARCHITECTURE` or `OS/ARCHITECTURE/VARIANT`, where the OS may carry a
+/// version in parentheses, as in `windows(10.0.20348.2227)/amd64`.
+const PLATFORM_PATTERN: &str = r"^[a-z0-9_.]+(\([A-Za-z0-9_.-]+\))?/[a-z0-9_.]+(/[a-z0-9_.]+)?$";
 
 /// Go-style duration such as `30m`, `1h` or `1h30m`.
 const INTERVAL_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
@@ -55,7 +56,8 @@ pub struct ImageCopySpec {
     #[schemars(length(min = 1, max = 512), regex(pattern = TARGET_PATTERN))]
     pub target: String,
 
-    /// Platforms to copy, such as `linux/amd64` or `linux/arm/v7`. Empty copies every
+    /// Platforms to copy, such as `linux/amd64`, `linux/arm/v7` or
+    /// `windows(10.0.20348.2227)/amd64` (one Windows OS version). Empty copies every
     /// platform and keeps the source digest. A subset builds a new index whose digest
     /// differs; attestations of the kept platforms are copied with them. A platform the
     /// source lacks is an error.
@@ -152,11 +154,15 @@ pub struct PlatformStatus {
 #[serde(rename_all = "camelCase")]
 pub struct CopyStatistics {
     /// Blobs streamed from the source.
+    #[schemars(with = "i64")]
     pub blobs_copied: u64,
     /// Blobs already in the target.
+    #[schemars(with = "i64")]
     pub blobs_skipped: u64,
     /// Blobs linked from another repository of the target registry.
+    #[schemars(with = "i64")]
     pub blobs_mounted: u64,
     /// Bytes sent to the target.
+    #[schemars(with = "i64")]
     pub bytes: u64,
 }

@@ -25,6 +25,9 @@ pub enum Error {
     #[error("{0}")]
     Copy(#[source] copy::Error),
 
+    #[error("the ImageCopy was deleted while it was reconciled")]
+    Deleted,
+
     #[error("failed to {action}")]
     Kube {
         action: &'static str,
@@ -54,7 +57,7 @@ impl Error {
                 ErrorKind::Unsupported => reasons::UNSUPPORTED_MANIFEST,
                 ErrorKind::Registry => reasons::REGISTRY_ERROR,
             },
-            Error::Kube { .. } => reasons::KUBERNETES_ERROR,
+            Error::Kube { .. } | Error::Deleted => reasons::KUBERNETES_ERROR,
         }
     }
 

@@ -31,7 +31,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::api::ImageCopy;
 use crate::api::conditions::reasons;
@@ -148,6 +148,16 @@ fn copies_using_secret(
 }
 
 async fn reconcile(object: Arc<ImageCopy>, context: Arc<Context>) -> Result<Action, Error> {
+    match reconcile_object(object, context).await {
+        Err(Error::Deleted) => {
+            debug!("ImageCopy deleted during its reconcile; the copy it started has finished");
+            Ok(Action::await_change())
+        }
+        other => other,
+    }
+}
+
+async fn reconcile_object(object: Arc<ImageCopy>, context: Arc<Context>) -> Result<Action, Error> {
     let mut timer = context.metrics.time_reconcile();
     let namespace = object.namespace().unwrap_or_default();
     let api: Api<ImageCopy> = Api::namespaced(context.client.clone(), &namespace);
@@ -222,8 +232,12 @@ async fn reconcile(object: Arc<ImageCopy>, context: Arc<Context>) -> Result<Acti
         }
         Err(failure) => {
             let status = status::next_status(&object, &Outcome::Failed(&failure), now());
-            if let Err(write_error) = status::write(&api, &object, status).await {
-                warn!(error = %write_error.message(), "Failed to write failure status");
+            match status::write(&api, &object, status).await {
+                Err(Error::Deleted) => return Err(Error::Deleted),
+                Err(write_error) => {
+                    warn!(error = %write_error.message(), "Failed to write failure status");
+                }
+                Ok(()) => {}
             }
             publish(
                 &context,

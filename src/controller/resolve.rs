@@ -27,7 +27,7 @@ pub fn parse_spec(object: &ImageCopy, settings: &Settings) -> Result<CopyRequest
         .target
         .parse()
         .map_err(|e: crate::copy::Error| invalid(e.to_string()))?;
-    if target.tag().is_none() || !object.spec.target.contains(':') {
+    if !target.has_explicit_tag() {
         return Err(invalid(format!(
             "spec.target {:?} must name a tag",
             object.spec.target

@@ -101,19 +101,28 @@ fn synced_message(report: &CopyReport, platforms: usize) -> String {
         n => format!("{n} platforms, "),
     };
     if report.unchanged {
-        format!(
+        return format!(
             "{} is up to date ({platforms}digest {})",
             report.target, report.target_digest
-        )
+        );
+    }
+    let blobs = &report.blobs;
+    format!(
+        "Copied to {} ({platforms}digest {}, {} copied, {} skipped, {} mounted)",
+        report.target,
+        report.target_digest,
+        count(blobs.copied, "blob"),
+        blobs.skipped,
+        blobs.mounted
+    )
+}
+
+/// Returns `1 blob` or `3 blobs`.
+fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
     } else {
-        format!(
-            "Copied to {} ({platforms}digest {}, {} blobs copied, {} skipped, {} mounted)",
-            report.target,
-            report.target_digest,
-            report.blobs.copied,
-            report.blobs.skipped,
-            report.blobs.mounted
-        )
+        format!("{n} {noun}s")
     }
 }
 
@@ -144,9 +153,13 @@ pub async fn write(
         &Patch::Apply(body),
     )
     .await
-    .map_err(|source| Error::Kube {
-        action: "write ImageCopy status",
-        source,
+    .map_err(|source| match source {
+        // The object was deleted while its copy ran; there is no status left to write.
+        kube::Error::Api(status) if status.code == 404 => Error::Deleted,
+        source => Error::Kube {
+            action: "write ImageCopy status",
+            source,
+        },
     })?;
     Ok(())
 }

@@ -192,7 +192,8 @@ impl Client {
                 Ok(response) => response,
                 Err(error) => {
                     let failure = Failure::network(error);
-                    match delays.next().filter(|_| call.retry) {
+                    let retry = call.retry && failure.is_transient();
+                    match delays.next().filter(|_| retry) {
                         Some(delay) => {
                             warn!(method = %call.method, path = url.path(), error = %failure, ?delay, "Retrying request");
                             tokio::time::sleep(delay).await;

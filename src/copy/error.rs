@@ -29,7 +29,7 @@ pub enum Error {
     #[error("invalid credentials in {origin}: {reason}")]
     InvalidCredentials { origin: String, reason: String },
 
-    #[error("target {reference} must name a tag, such as {reference}:latest")]
+    #[error("target {reference} must name a tag, as in REGISTRY/REPOSITORY:TAG")]
     TargetWithoutTag { reference: String },
 
     #[error(
@@ -119,7 +119,7 @@ pub enum Failure {
     },
 
     /// The request got no response: connection, TLS or timeout failure.
-    #[error("{0}")]
+    #[error("{}", network_summary(.0))]
     Network(#[source] reqwest::Error),
 
     /// The connection broke while the response body was being read.
@@ -146,6 +146,42 @@ pub enum Failure {
     /// The response broke the distribution protocol, for example a missing `Location`.
     #[error("{0}")]
     Protocol(String),
+}
+
+/// A TLS failure that the same request cannot overcome, with what to do about it.
+fn tls_problem(error: &reqwest::Error) -> Option<&'static str> {
+    let mut chain = String::new();
+    let mut source: Option<&dyn std::error::Error> = Some(error);
+    while let Some(cause) = source {
+        chain.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    if chain.contains("InvalidContentType") || chain.contains("corrupt message") {
+        return Some(
+            "TLS handshake failed, as if the registry speaks plain HTTP; \
+             if it does, allow its host with --plain-http",
+        );
+    }
+    if chain.contains("invalid peer certificate") || chain.contains("UnknownIssuer") {
+        return Some(
+            "the registry's TLS certificate is not trusted; \
+             add its CA with --ca-file, or skip verification for its host with --insecure-tls",
+        );
+    }
+    None
+}
+
+/// Says what kind of network failure happened. The reqwest error follows as the cause.
+fn network_summary(error: &reqwest::Error) -> &'static str {
+    if let Some(problem) = tls_problem(error) {
+        problem
+    } else if error.is_timeout() {
+        "the request timed out"
+    } else if error.is_connect() {
+        "connecting to the registry failed"
+    } else {
+        "the request failed"
+    }
 }
 
 impl Failure {
@@ -176,7 +212,9 @@ impl Failure {
             Failure::Status { status, .. } => {
                 status.is_server_error() || matches!(status.as_u16(), 408 | 429)
             }
-            Failure::Network(error) => !error.is_builder() && !error.is_redirect(),
+            Failure::Network(error) => {
+                !error.is_builder() && !error.is_redirect() && tls_problem(error).is_none()
+            }
             Failure::Interrupted(_) | Failure::SourceStream(_) | Failure::TokenExpired => true,
             Failure::Token(inner) => inner.is_transient(),
             Failure::RateLimited(_) | Failure::Protocol(_) => false,

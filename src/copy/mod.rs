@@ -163,9 +163,10 @@ pub async fn copy_image(
     request: &CopyRequest,
     progress: &Arc<Progress>,
 ) -> Result<CopyReport, Error> {
-    if request.target.tag().is_none() {
+    if !request.target.has_explicit_tag() {
+        let target = &request.target;
         return Err(Error::TargetWithoutTag {
-            reference: request.target.to_string(),
+            reference: format!("{}/{}", target.registry(), target.repository()),
         });
     }
     let source = Registry::connect(

@@ -20,6 +20,8 @@ const DOCKER_HUB_ALIASES: [&str; 3] = ["docker.io", "index.docker.io", "registry
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImageRef {
     inner: Reference,
+    /// True when the text named a tag; `latest` is filled in otherwise.
+    explicit_tag: bool,
 }
 
 impl ImageRef {
@@ -34,6 +36,11 @@ impl ImageRef {
 
     pub fn tag(&self) -> Option<&str> {
         self.inner.tag()
+    }
+
+    /// True when the reference was written with a tag, rather than given `latest` by default.
+    pub fn has_explicit_tag(&self) -> bool {
+        self.explicit_tag
     }
 
     pub fn digest(&self) -> Option<&str> {
@@ -115,7 +122,15 @@ impl FromStr for ImageRef {
                 tag.unwrap_or("latest").to_string(),
             ),
         };
-        Ok(ImageRef { inner })
+        let name = text.split('@').next().unwrap_or(text);
+        let explicit_tag = name
+            .rsplit('/')
+            .next()
+            .is_some_and(|last| last.contains(':'));
+        Ok(ImageRef {
+            inner,
+            explicit_tag,
+        })
     }
 }
 
@@ -254,6 +269,17 @@ mod tests {
         assert_eq!(reference.repository(), "library/nginx");
         assert_eq!(reference.tag(), Some("latest"));
         assert_eq!(reference.to_string(), "docker.io/library/nginx:latest");
+    }
+
+    #[test]
+    fn explicit_tag_detected() {
+        assert!(image("127.0.0.1:5000/app:1.4").has_explicit_tag());
+        assert!(image("app:latest").has_explicit_tag());
+        assert!(!image("127.0.0.1:5000/app").has_explicit_tag());
+        assert!(!image("nginx").has_explicit_tag());
+        let digest = format!("sha256:{}", "a".repeat(64));
+        assert!(!image(&format!("127.0.0.1:5000/app@{digest}")).has_explicit_tag());
+        assert!(image(&format!("127.0.0.1:5000/app:v1@{digest}")).has_explicit_tag());
     }
 
     #[test]
