@@ -49,6 +49,8 @@ CONTROLLER_NAMESPACE = "bench-controller"
 CONTROLLER_OBJECTS = 200
 AT_REST_OBJECTS = 1000
 SOURCE_PREFIX = "bench/ctl/s"
+# Seconds that Ready=False objects may stay failing while the benchmark waits for them.
+FAILURE_GRACE_SECONDS = 60
 
 
 class Bench:
@@ -202,6 +204,19 @@ class Bench:
             raise BenchError(f"kubectl {' '.join(arguments)} failed: {result.stderr.strip()}")
         return result.stdout
 
+    def delete_image_copies(self) -> None:
+        """Delete every ImageCopy in the namespace and wait until a cached list shows none."""
+        collection = f"/apis/pma2docker.io/v1alpha1/namespaces/{CONTROLLER_NAMESPACE}/imagecopies"
+        # One DELETE of the collection: `kubectl delete --all` sends one request per object,
+        # throttled by kubectl's client-side rate limit (200 objects took about 40 s).
+        self.kubectl("delete", "--raw", collection)
+        # resourceVersion=0 reads the apiserver's watch cache, as the controller's first list does.
+        deadline = time.monotonic() + 60
+        while json.loads(self.kubectl("get", "--raw", f"{collection}?resourceVersion=0"))["items"]:
+            if time.monotonic() > deadline:
+                raise BenchError("deleted ImageCopy objects were still listed after 60 s")
+            time.sleep(0.2)
+
     def seed_sources(self, image: Image, count: int) -> None:
         """Put `image` under `count` source repositories by mounting its blobs, one repository each."""
         repository = f"bench/{image.name}"
@@ -223,14 +238,15 @@ class Bench:
             if status != 201:
                 raise BenchError(f"manifest push to {name} returned {status}, expected 201")
 
-    def image_copy_objects(self, image: Image, first: int, count: int) -> str:
+    def image_copy_objects(self, image: Image, first: int, count: int, round_number: int) -> str:
+        # Names differ between rounds, so no object shares a name with one deleted just before.
         items = []
         for number in range(first, first + count):
             repository = f"{SOURCE_PREFIX}{number:04d}"
             items.append({
                 "apiVersion": "pma2docker.io/v1alpha1",
                 "kind": "ImageCopy",
-                "metadata": {"name": f"copy-{number:04d}", "namespace": CONTROLLER_NAMESPACE},
+                "metadata": {"name": f"copy-r{round_number}-{number:04d}", "namespace": CONTROLLER_NAMESPACE},
                 "spec": {
                     "source": f"{self.source_host}/{repository}:{image.tag}",
                     "target": f"{self.target.host}/{repository}:{image.tag}",
@@ -239,26 +255,36 @@ class Bench:
             })
         return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
 
-    def ready_counts(self) -> tuple[int, int, int]:
-        """Return how many ImageCopy objects exist, are Ready=True, and are Ready=False."""
+    def ready_counts(self) -> tuple[int, int, list[str]]:
+        """Return how many ImageCopy objects exist and are Ready=True, and the Ready=False messages."""
         listing = json.loads(self.kubectl("get", "imagecopies", "-n", CONTROLLER_NAMESPACE, "-o", "json"))
-        ready = failed = 0
+        ready = 0
+        failures = []
         for item in listing["items"]:
             for condition in item.get("status", {}).get("conditions", []):
                 if condition["type"] == "Ready" and condition["status"] == "True":
                     ready += 1
                 elif condition["type"] == "Ready" and condition["status"] == "False":
-                    failed += 1
-        return len(listing["items"]), ready, failed
+                    failures.append(f"{item['metadata']['name']}: {condition.get('reason')}: {condition.get('message')}")
+        return len(listing["items"]), ready, failures
 
     def wait_all_ready(self, expected: int, started: float, timeout: float = 900) -> float:
-        """Poll until `expected` objects are Ready and return the seconds since `started`."""
+        """Poll until `expected` objects are Ready and return the seconds since `started`.
+
+        Raises when some objects stay Ready=False for FAILURE_GRACE_SECONDS, which is longer
+        than the controller's first retries, so that a broken setup fails in a minute.
+        """
+        failing_since = None
         while True:
-            total, ready, failed = self.ready_counts()
+            total, ready, failures = self.ready_counts()
+            now = time.monotonic()
             if total == expected and ready == expected:
-                return time.monotonic() - started
-            if time.monotonic() - started > timeout:
-                raise BenchError(f"{ready} of {expected} ImageCopy objects Ready ({failed} failed) after {timeout} s")
+                return now - started
+            failing_since = (failing_since or now) if failures else None
+            if failing_since is not None and now - failing_since > FAILURE_GRACE_SECONDS:
+                raise BenchError(f"{len(failures)} ImageCopy objects stayed Ready=False, such as {failures[0]}")
+            if now - started > timeout:
+                raise BenchError(f"{ready} of {expected} ImageCopy objects Ready after {timeout} s")
             time.sleep(0.25)
 
     def start_controller(self) -> tuple[subprocess.Popen, str]:
@@ -307,20 +333,20 @@ class Bench:
         for number in range(self.args.controller_rounds):
             crane_seconds = self.sequential_crane(image, CONTROLLER_OBJECTS)
             log(f"controller round {number + 1}: {CONTROLLER_OBJECTS} sequential crane copies took {crane_seconds:.1f} s")
-            self.kubectl("delete", "imagecopies", "--all", "-n", CONTROLLER_NAMESPACE)
+            self.delete_image_copies()
             self.target.reset()
             process, _ = self.start_controller()
             try:
                 idle = process_memory_kib(process.pid)
                 started = time.monotonic()
-                self.kubectl("create", "-f", "-", input_text=self.image_copy_objects(image, 0, CONTROLLER_OBJECTS))
+                self.kubectl("create", "-f", "-", input_text=self.image_copy_objects(image, 0, CONTROLLER_OBJECTS, number))
                 create_seconds = time.monotonic() - started
                 controller_seconds = self.wait_all_ready(CONTROLLER_OBJECTS, started)
                 log(f"controller round {number + 1}: {CONTROLLER_OBJECTS} objects Ready after {controller_seconds:.1f} s")
                 rounds.append({"crane_seconds": crane_seconds, "controller_seconds": controller_seconds,
                                "ratio": controller_seconds / crane_seconds, "create_seconds": create_seconds, "idle_rss_mib": idle["VmRSS"] / 1024})
                 if number == self.args.controller_rounds - 1:
-                    self.measure_at_rest(process, image)
+                    self.measure_at_rest(process, image, number)
             finally:
                 stop_process(process)
         self.results["controller"] = {
@@ -332,11 +358,11 @@ class Bench:
             **self.results.get("controller_at_rest", {}),
         }
 
-    def measure_at_rest(self, process: subprocess.Popen, image: Image) -> None:
+    def measure_at_rest(self, process: subprocess.Popen, image: Image, round_number: int) -> None:
         """Add objects up to AT_REST_OBJECTS, wait for all, then read RSS and count requests."""
         started = time.monotonic()
         more = AT_REST_OBJECTS - CONTROLLER_OBJECTS
-        self.kubectl("create", "-f", "-", input_text=self.image_copy_objects(image, CONTROLLER_OBJECTS, more))
+        self.kubectl("create", "-f", "-", input_text=self.image_copy_objects(image, CONTROLLER_OBJECTS, more, round_number))
         seconds = self.wait_all_ready(AT_REST_OBJECTS, started)
         log(f"{more} more objects Ready after {seconds:.1f} s; letting the controller settle")
         time.sleep(self.args.settle_seconds)
