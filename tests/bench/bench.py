@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -68,7 +69,11 @@ class Bench:
         self.target_log = AccessLog(self.target.log_path)
         # `regctl registry set` sends a request to the host, so the target must be running.
         self.target.start()
-        self.tools = Tools(self.work, self.env_bin, args.binary, [self.source_host, self.target.host])
+        try:
+            self.tools = Tools(self.work, self.env_bin, args.binary, [self.source_host, self.target.host])
+        except BaseException:
+            self.target.stop()
+            raise
         self.results: dict = {"runs": args.runs, "quick": args.quick}
 
     # --- fixtures ------------------------------------------------------------------------
@@ -434,6 +439,9 @@ def parse_args() -> argparse.Namespace:
 
 
 def main() -> int:
+    # SIGTERM ends the run through the `finally` blocks, which stop the target registry and
+    # the controller; without this they would keep running after the benchmark.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args = parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     try:

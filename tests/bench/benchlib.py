@@ -403,7 +403,8 @@ class Tools:
         return {
             "crane": first_line([str(self.env_bin / "crane"), "version"]),
             "regctl": regctl_tag,
-            "skopeo": first_line(["skopeo", "--version"]),
+            "skopeo": first_line(["skopeo", "--version"]).removeprefix("skopeo version "),
             "curl": first_line(["curl", "--version"]),
-            "registry": first_line([str(self.env_bin / "registry"), "--version"]),
+            # `registry --version` prints the binary's path, the module and the version.
+            "distribution registry": first_line([str(self.env_bin / "registry"), "--version"]).split()[-1],
         }

@@ -73,7 +73,7 @@ def copy_targets(results: dict) -> list[str]:
 def render_markdown(results: dict, command: str) -> str:
     machine = results["machine"]
     lines = [
-        f"### Run of {results['date']}",
+        f"## Results: run of {results['date']}",
         "",
         f"Command: `{command}` ({results['runs']} counted runs per tool and case, after one warm-up round).",
         f"Machine: {machine['cpus']} cores, {machine['memory_gib']} GiB, {machine['cpu']}, Linux {machine['kernel']}; "
@@ -88,7 +88,7 @@ def render_markdown(results: dict, command: str) -> str:
     for label, case in results.get("copy", {}).items():
         lines += [
             "",
-            f"#### {CASE_TITLES[label]}: {case['blobs']} blobs, {case['bytes'] / (1 << 20):.1f} MiB",
+            f"### {CASE_TITLES[label]}: {case['blobs']} blobs, {case['bytes'] / (1 << 20):.1f} MiB",
             "",
             "| tool | median wall s | min–max s | median peak RSS MiB | median CPU s | pma2docker / tool (wall) |",
             "| --- | --- | --- | --- | --- | --- |",
@@ -98,7 +98,7 @@ def render_markdown(results: dict, command: str) -> str:
     if "rss" in results:
         lines += [
             "",
-            "#### pma2docker peak RSS by layer size (one platform, the large layer plus 16/32/64 MiB layers)",
+            "### pma2docker peak RSS by layer size (one platform, the large layer plus 16/32/64 MiB layers)",
             "",
             "| largest layer | median peak RSS MiB | max peak RSS MiB | median wall s | MiB/s |",
             "| --- | --- | --- | --- | --- |",
@@ -117,7 +117,7 @@ def render_markdown(results: dict, command: str) -> str:
     if "recopy" in results:
         lines += [
             "",
-            "#### Unchanged re-copy of the 5-platform index: HTTP requests in the registry access logs",
+            "### Unchanged re-copy of the 5-platform index: HTTP requests in the registry access logs",
             "",
             "| tool | source | target | total | requests |",
             "| --- | --- | --- | --- | --- |",
@@ -136,7 +136,7 @@ def render_markdown(results: dict, command: str) -> str:
     if controller:
         lines += [
             "",
-            "#### Controller (the `single` image under distinct repositories, `interval: 1h`)",
+            "### Controller (the `single` image under distinct repositories, `interval: 1h`)",
             "",
             "| round | 200 sequential `crane copy` s | 200 ImageCopy objects until all Ready s | of which `kubectl create` s | ratio |",
             "| --- | --- | --- | --- | --- |",
@@ -165,7 +165,7 @@ def render_markdown(results: dict, command: str) -> str:
                 f"| {verdict(controller['rest_rss_mib'] <= AT_REST_MAX_RSS_MIB)} |"
             )
 
-    lines += ["", "#### Targets", "", "| target | measured | result |", "| --- | --- | --- |", *targets, ""]
+    lines += ["", "### Targets", "", "| target | measured | result |", "| --- | --- | --- |", *targets, ""]
     return "\n".join(lines)
 
 

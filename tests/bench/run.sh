@@ -11,7 +11,7 @@
 #   --revision REV    the git revision PATH was built from, for the report
 #
 # Uses its own environment in target/bench-env, so it never touches the tests' target/testenv,
-# and stops it at the end. Disk: about 8 GiB while it runs (12 GiB more with the 4 GiB layer),
+# and stops it at the end. Disk: about 4 GiB while it runs (12 GiB more with the 4 GiB layer),
 # freed at the end except the cached fixtures in target/bench/fixtures (about 1.5 GiB).
 set -euo pipefail
 
@@ -74,6 +74,8 @@ stop_environment() {
   rm -rf "$ENV_DIR/registries" "$WORK_DIR/target-registry/storage"
 }
 trap stop_environment EXIT
+trap 'exit 143' TERM
+trap 'exit 130' INT
 tests/env/up.sh "$ENV_DIR" >/dev/null
 
 python3 tests/bench/bench.py --env-dir "$ENV_DIR" --work "$WORK_DIR" \
