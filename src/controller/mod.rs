@@ -264,10 +264,14 @@ fn conflicting_copy(
     object: &ImageCopy,
 ) -> Option<(Error, Arc<ImageCopy>)> {
     let target = target_key(object)?;
+    let tail = target_tail(&object.spec.target);
     let other = store.state().into_iter().find(|other| {
         other.metadata.uid != object.metadata.uid
             && other.metadata.deletion_timestamp.is_none()
             && !other.spec.suspend
+            // Parsing every target in the store costs time per reconcile that grows with the
+            // number of objects, so only targets with the same last path part are parsed.
+            && target_tail(&other.spec.target) == tail
             && target_key(other).as_ref() == Some(&target)
     })?;
     let error = Error::TargetConflict {
@@ -303,6 +307,12 @@ fn qualified_name(object: &ImageCopy) -> String {
         object.namespace().unwrap_or_default(),
         object.name_any()
     )
+}
+
+/// Returns the last path part of a target with its tag, such as `app:1.4`, without a digest.
+fn target_tail(target: &str) -> &str {
+    let name = target.split('@').next().unwrap_or(target);
+    name.rsplit('/').next().unwrap_or(name)
 }
 
 /// Returns the target tag in canonical form, so `nginx:1` and `docker.io/library/nginx:1`
@@ -447,6 +457,17 @@ mod tests {
         let mut object = synced_object(1, 1, None);
         object.metadata.generation = Some(2);
         assert_eq!(time_until_recheck(&object, None), None);
+    }
+
+    #[test]
+    fn target_tail_ignores_registry_and_digest() {
+        assert_eq!(target_tail("nginx:1"), "nginx:1");
+        assert_eq!(target_tail("docker.io/library/nginx:1"), "nginx:1");
+        let digest = format!("sha256:{}", "a".repeat(64));
+        assert_eq!(
+            target_tail(&format!("127.0.0.1:5000/a/app:v1@{digest}")),
+            "app:v1"
+        );
     }
 
     #[test]
