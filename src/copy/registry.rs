@@ -19,10 +19,7 @@ use futures::{StreamExt, TryStreamExt};
 use oci_client::Reference;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
-use sha2::{Digest as _, Sha256};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 use tracing::{debug, warn};
 
@@ -98,7 +95,7 @@ pub struct Upload {
 
 /// A connection to one registry with one credential.
 pub struct Registry {
-    pub(super) client: Arc<Client>,
+    pub(super) client: Client,
     access: Access,
     /// Blobs of at least this many bytes are uploaded in chunks. It starts at `u64::MAX` and
     /// drops to a blob's size when the registry rejects its single PUT as too large (413).
@@ -110,21 +107,45 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Builds a connection to the registry of `image`. Nothing is sent until the first call.
-    ///
-    /// The HTTP client, with its connection pool, the registry's authentication scheme and
-    /// its tokens, is shared by every copy in the process that uses the same registry,
-    /// connection settings and credential. A controller that checks thousands of images
-    /// then neither rebuilds TLS clients nor asks for the scheme or a token per check.
+    /// Builds a client for the registry of `image`. Nothing is sent until the first call.
     pub fn connect(
         image: &ImageRef,
         credential: Option<&Credential>,
         options: &ConnectOptions,
         access: Access,
     ) -> Result<Registry, Error> {
-        let client = shared_client(image, credential, options)?;
+        let host = image.as_oci().resolve_registry().to_string();
+        let plain = options.is_plain_http(&host);
+        let insecure = options.is_insecure_tls(&host);
+        let build_error = |reason: String| Error::InvalidReference {
+            reference: image.to_string(),
+            reason,
+        };
+
+        let mut builder = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .danger_accept_invalid_certs(insecure);
+        for pem in split_pem(&options.ca_certificates) {
+            let certificate = reqwest::Certificate::from_pem(&pem).map_err(|source| {
+                Error::InvalidCredentials {
+                    origin: "the CA certificates".to_string(),
+                    reason: format!("a certificate is not valid PEM: {}", source.without_url()),
+                }
+            })?;
+            builder = builder.tls_certs_merge([certificate]);
+        }
+        let http = builder
+            .build()
+            .map_err(|source| build_error(format!("failed to build an HTTP client: {source}")))?;
+
+        let scheme = if plain { "http" } else { "https" };
+        let origin = Url::parse(&format!("{scheme}://{host}/"))
+            .map_err(|_| build_error(format!("{host:?} is not a valid registry host")))?;
         Ok(Registry {
-            client,
+            client: Client::new(http, origin, credential.cloned()),
             access,
             chunked_from: AtomicU64::new(u64::MAX),
             head_works: AtomicBool::new(true),
@@ -592,94 +613,6 @@ fn describe_media_type(media_type: &str) -> String {
         _ => "manifest",
     };
     format!("{name} ({media_type})")
-}
-
-/// Most shared clients kept. Past this, the cache starts over, which only costs new
-/// connections and tokens.
-const MAX_SHARED_CLIENTS: usize = 256;
-
-static SHARED_CLIENTS: LazyLock<Mutex<HashMap<String, Arc<Client>>>> =
-    LazyLock::new(Mutex::default);
-
-/// Returns the shared client for a registry, connection settings and credential, building it
-/// on first use. The key holds a hash of the credential, never the credential itself.
-fn shared_client(
-    image: &ImageRef,
-    credential: Option<&Credential>,
-    options: &ConnectOptions,
-) -> Result<Arc<Client>, Error> {
-    let host = image.as_oci().resolve_registry().to_string();
-    let mut hasher = Sha256::new();
-    match credential {
-        None => hasher.update(b"anonymous"),
-        Some(Credential::Basic { username, password }) => {
-            hasher.update(b"basic\0");
-            hasher.update(username.as_bytes());
-            hasher.update(b"\0");
-            hasher.update(password.as_bytes());
-        }
-        Some(Credential::Bearer { token }) => {
-            hasher.update(b"bearer\0");
-            hasher.update(token.as_bytes());
-        }
-    }
-    for pem in &options.ca_certificates {
-        hasher.update(pem);
-    }
-    let key = format!(
-        "{host} plain={} insecure={} {}",
-        options.is_plain_http(&host),
-        options.is_insecure_tls(&host),
-        hex::encode(hasher.finalize())
-    );
-
-    let mut clients = SHARED_CLIENTS.lock().expect("client cache lock poisoned");
-    if let Some(client) = clients.get(&key) {
-        return Ok(client.clone());
-    }
-    let client = Arc::new(build_client(image, &host, credential, options)?);
-    if clients.len() >= MAX_SHARED_CLIENTS {
-        clients.clear();
-    }
-    clients.insert(key, client.clone());
-    Ok(client)
-}
-
-fn build_client(
-    image: &ImageRef,
-    host: &str,
-    credential: Option<&Credential>,
-    options: &ConnectOptions,
-) -> Result<Client, Error> {
-    let plain = options.is_plain_http(host);
-    let insecure = options.is_insecure_tls(host);
-    let build_error = |reason: String| Error::InvalidReference {
-        reference: image.to_string(),
-        reason,
-    };
-
-    let mut builder = reqwest::Client::builder()
-        .user_agent(USER_AGENT)
-        .connect_timeout(CONNECT_TIMEOUT)
-        .read_timeout(READ_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
-        .danger_accept_invalid_certs(insecure);
-    for pem in split_pem(&options.ca_certificates) {
-        let certificate =
-            reqwest::Certificate::from_pem(&pem).map_err(|source| Error::InvalidCredentials {
-                origin: "the CA certificates".to_string(),
-                reason: format!("a certificate is not valid PEM: {}", source.without_url()),
-            })?;
-        builder = builder.tls_certs_merge([certificate]);
-    }
-    let http = builder
-        .build()
-        .map_err(|source| build_error(format!("failed to build an HTTP client: {source}")))?;
-
-    let scheme = if plain { "http" } else { "https" };
-    let origin = Url::parse(&format!("{scheme}://{host}/"))
-        .map_err(|_| build_error(format!("{host:?} is not a valid registry host")))?;
-    Ok(Client::new(http, origin, credential.cloned()))
 }
 
 /// Splits PEM bundles into single certificates.
