@@ -1162,9 +1162,12 @@ async fn upload_location_relative_absolute_or_with_query() {
                 report.blobs.copied as usize, blob_count,
                 "{style:?} {mode:?}"
             );
-            assert_eq!(
-                sessions.count.load(std::sync::atomic::Ordering::SeqCst),
-                blob_count
+            // Every blob went through an upload session of this style; a blob whose copy was
+            // retried (a source connection closed under load) opens one more.
+            let session_count = sessions.count.load(std::sync::atomic::Ordering::SeqCst);
+            assert!(
+                session_count >= blob_count,
+                "{style:?} {mode:?}: {session_count} sessions"
             );
             assert_complete(&env().registries.plain, &target_repository, "single").await;
             assert!(!auth.token_requests().is_empty());
