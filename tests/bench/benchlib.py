@@ -171,6 +171,9 @@ class BenchRegistry:
         self.directory = directory
         self.storage = directory / "storage"
         self.log_path = directory / "registry.log"
+        # A full benchmark run logs tens of MiB of requests, so each run starts a new log.
+        directory.mkdir(parents=True, exist_ok=True)
+        self.log_path.write_bytes(b"")
         self.host = f"127.0.0.1:{free_port()}"
         self.process: subprocess.Popen | None = None
 
