@@ -7,7 +7,7 @@ use pma2docker::copy::{
     self, ConnectOptions, CopyReport, CopyRequest, Credential, ErrorKind, Progress,
 };
 use std::sync::Arc;
-use support::{Probe, RegistryInfo, env, fixtures, seed, unique_repository};
+use support::{Probe, assert_complete, env, fixtures, seed, unique_repository};
 
 /// Builds a request with the environment's connection settings and the auth registry's
 /// credentials for whichever side points at it.
@@ -39,30 +39,6 @@ fn request(source: &str, target: &str) -> CopyRequest {
 
 async fn run(request: &CopyRequest) -> Result<CopyReport, copy::Error> {
     copy::copy_image(request, &Arc::new(Progress::default())).await
-}
-
-/// Asserts that every manifest and blob of a fixture is in the target repository, by digest.
-async fn assert_complete(registry: &RegistryInfo, repository: &str, fixture_name: &str) {
-    let fixture = fixtures().image(fixture_name);
-    let probe = Probe::new(registry);
-    for manifest in &fixture.manifests {
-        let bytes = probe.manifest(repository, &manifest.digest).await;
-        let bytes = bytes.unwrap_or_else(|| panic!("manifest {} missing", manifest.digest));
-        assert_eq!(
-            support::sha256(&bytes),
-            manifest.digest,
-            "manifest bytes changed"
-        );
-    }
-    for blob in &fixture.blobs {
-        let found = probe.blob_digest(repository, &blob.digest).await;
-        assert_eq!(
-            found,
-            Some((blob.digest.clone(), blob.size)),
-            "blob {}",
-            blob.digest
-        );
-    }
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use pma2docker::copy::{
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::fault_proxy::{BEARER_SERVICE, BearerPolicy, FaultProxy, Rule, response};
-use support::{Probe, RegistryInfo, env, fixtures, seed, unique_repository};
+use support::{Probe, assert_complete, env, fixtures, seed, unique_repository};
 
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -68,30 +68,6 @@ fn chain(error: &copy::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-/// Asserts that every manifest and blob of a fixture is in the target repository, by digest.
-async fn assert_complete(registry: &RegistryInfo, repository: &str, fixture_name: &str) {
-    let fixture = fixtures().image(fixture_name);
-    let probe = Probe::new(registry);
-    for manifest in &fixture.manifests {
-        let bytes = probe.manifest(repository, &manifest.digest).await;
-        let bytes = bytes.unwrap_or_else(|| panic!("manifest {} missing", manifest.digest));
-        assert_eq!(
-            support::sha256(&bytes),
-            manifest.digest,
-            "manifest bytes changed"
-        );
-    }
-    for blob in &fixture.blobs {
-        let found = probe.blob_digest(repository, &blob.digest).await;
-        assert_eq!(
-            found,
-            Some((blob.digest.clone(), blob.size)),
-            "blob {}",
-            blob.digest
-        );
-    }
 }
 
 /// Seeds a fixture into the plain registry and returns its repository.

@@ -499,6 +499,26 @@ impl Probe {
     }
 }
 
+/// Asserts that every manifest and blob of a fixture is in the target repository, by digest.
+pub async fn assert_complete(registry: &RegistryInfo, repository: &str, fixture_name: &str) {
+    let fixture = fixtures().image(fixture_name);
+    let probe = Probe::new(registry);
+    for manifest in &fixture.manifests {
+        let bytes = probe.manifest(repository, &manifest.digest).await;
+        let bytes = bytes.unwrap_or_else(|| panic!("manifest {} missing", manifest.digest));
+        assert_eq!(sha256(&bytes), manifest.digest, "manifest bytes changed");
+    }
+    for blob in &fixture.blobs {
+        let found = probe.blob_digest(repository, &blob.digest).await;
+        assert_eq!(
+            found,
+            Some((blob.digest.clone(), blob.size)),
+            "blob {}",
+            blob.digest
+        );
+    }
+}
+
 pub fn sha256(bytes: &[u8]) -> String {
     use sha2::Digest;
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
