@@ -163,10 +163,10 @@ pub struct CopyArgs {
     pub output: Output,
 }
 
-/// How blobs are sent, shared by `copy` and `controller`.
+/// Blob transfer settings, shared by `copy` and `controller`.
 #[derive(clap::Args, Debug)]
 pub struct TransferArgs {
-    /// Send each blob in one streaming PUT (falling back to chunks when a registry answers
+    /// Send each blob in one streaming PUT (falling back to chunks when a registry returns
     /// 413), or always in chunks, for registries or proxies that limit request sizes.
     #[arg(long, value_enum, default_value = "streaming")]
     pub upload_mode: UploadModeArg,
@@ -221,7 +221,7 @@ pub enum Output {
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Copy(args) => {
-            // The copy's error already says why a certificate was rejected.
+            // The copy's error already states why a certificate was rejected.
             telemetry::init(cli.log_format, "warn,rustls_platform_verifier=off");
             run_copy(args).await
         }
@@ -278,7 +278,7 @@ async fn run_controller(args: ControllerArgs) -> Result<()> {
     crate::controller::run(client, options).await
 }
 
-/// Reads PEM CA files, rejecting a file that holds no valid certificate, so that a wrong
+/// Reads PEM CA files, rejecting a file that contains no valid certificate, so that a wrong
 /// path or format fails here rather than as an unknown issuer during a copy.
 fn read_ca_files(paths: &[PathBuf]) -> Result<Vec<Vec<u8>>> {
     let mut bundles = Vec::new();

@@ -148,7 +148,7 @@ pub enum Failure {
     Protocol(String),
 }
 
-/// A TLS failure that the same request cannot overcome, with what to do about it.
+/// Returns the advice for a TLS failure that retrying the same request cannot fix.
 fn tls_problem(error: &reqwest::Error) -> Option<&'static str> {
     let mut chain = String::new();
     let mut source: Option<&dyn std::error::Error> = Some(error);

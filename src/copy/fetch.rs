@@ -75,7 +75,7 @@ fn node_from_bytes(
     })
 }
 
-/// Which entries of a tree to fetch.
+/// The entries of a tree to fetch.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Fetch {
     /// Only nested indexes, which the platform filter and the platform list need.

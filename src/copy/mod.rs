@@ -80,7 +80,7 @@ pub struct PreviousCopy {
 }
 
 impl CopyRequest {
-    /// A request with default options and no credentials.
+    /// Creates a request with default options and no credentials.
     pub fn new(source: ImageRef, target: ImageRef) -> CopyRequest {
         CopyRequest {
             source,
@@ -99,7 +99,7 @@ impl CopyRequest {
     }
 }
 
-/// What a copy did.
+/// The outcome of a copy: digests, platforms and transfer counts.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct CopyReport {

@@ -36,7 +36,7 @@ pub struct Ends<'a> {
     pub chunk_size: usize,
 }
 
-/// What happened to one blob.
+/// The outcome for one blob.
 enum BlobOutcome {
     Skipped,
     Mounted,
